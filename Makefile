@@ -1,0 +1,133 @@
+# runbook — build, test, bench.  `make help` lists the targets.
+#
+# The binary `./runbook` links only liblua; libcurl, libcrypto and sqlite3 are
+# in separate C modules (build/mod/runbook/*/core.so) loaded on first require,
+# so commands that never touch the network do not pay for them.
+
+PKG_CONFIG ?= pkg-config
+LUA_PC     ?= lua5.4
+LUA        ?= lua5.4
+CC         ?= cc
+VERSION    := 0.1.0
+
+WARN    := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wno-unused-parameter
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -fPIC $(WARN) -MMD -MP -DRUNBOOK_VERSION='"$(VERSION)"'
+LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
+LUA_LIBS   := $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null)
+CURL_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null)
+SSL_LIBS   := $(shell $(PKG_CONFIG) --libs libcrypto 2>/dev/null)
+SQL_LIBS   := $(shell $(PKG_CONFIG) --libs sqlite3 2>/dev/null)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+# Lua sources embedded in the binary.
+LUA_SRC := $(sort $(shell find lua stdlib -name '*.lua' 2>/dev/null))
+# C modules compiled into the binary (libc only).
+BIN_C   := host/main.c host/errors.c host/proc.c host/fs.c host/term.c
+# C modules loaded on demand: name -> extra libs.
+MODS    := http crypto sqlite
+LIBS_http   := $(CURL_LIBS)
+LIBS_crypto := $(SSL_LIBS)
+LIBS_sqlite := $(SQL_LIBS)
+
+# $(B) is the build directory; the ASan build uses build/asan.
+B ?= build
+BIN ?= runbook
+
+OBJ := $(patsubst host/%.c,$(B)/obj/%.o,$(BIN_C)) $(B)/obj/embed.o
+SOS := $(foreach m,$(MODS),$(B)/mod/runbook/$(m)/core.so)
+
+.PHONY: all deps test asan lint bench clean help demo check-c hub-deps
+
+all: $(BIN) $(SOS)
+
+$(BIN): $(OBJ)
+	@echo "  LINK  $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $(OBJ) $(LUA_LIBS) $(LDFLAGS)
+
+$(B)/obj/%.o: host/%.c | $(B)/obj
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) $(LUA_CFLAGS) -Ihost -c -o $@ $<
+
+$(B)/embed.c: host/embed.lua $(LUA_SRC) | $(B)/obj
+	@echo "  EMBED $(words $(LUA_SRC)) Lua files"
+	$(Q)$(LUA) host/embed.lua $@ $(LUA_SRC)
+
+$(B)/obj/embed.o: $(B)/embed.c
+	$(Q)$(CC) $(CFLAGS) -Ihost -c -o $@ $<
+
+$(B)/mod/runbook/%/core.so: host/%.c host/errors.c | $(B)/obj
+	@echo "  SO    $@"
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $(LUA_CFLAGS) -Ihost -shared -o $@ $< host/errors.c $(LIBS_$*) $(LDFLAGS)
+
+$(B)/obj:
+	@mkdir -p $@
+
+-include $(wildcard $(B)/obj/*.d) $(wildcard $(B)/mod/runbook/*/*.d)
+
+# ---------------------------------------------------------------- deps
+DEB_PKGS := lua5.4 liblua5.4-dev lua-cjson lua-argparse lua-busted lua-check \
+	libcurl4-openssl-dev libssl-dev libsqlite3-dev sqlite3 pkg-config gcc make \
+	curl openssl ca-certificates nodejs npm valgrind wrk hyperfine procps
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
+	  { echo "deps: apt-get install failed for:$$missing" >&2; exit 1; }; \
+	fi
+	@if [ -f examples/hub/package-lock.json ]; then $(MAKE) --no-print-directory hub-deps; fi
+
+hub-deps:
+	@if [ ! -d examples/hub/node_modules ] || [ examples/hub/package-lock.json -nt examples/hub/node_modules/.package-lock.json ]; then \
+	  echo "deps: npm ci in examples/hub"; \
+	  cd examples/hub && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
+# ---------------------------------------------------------------- tests
+# The specs run inside the runbook binary itself (`runbook exec`), so they
+# exercise the real embedded modules and C host.  RUNBOOK_BIN tells specs
+# which binary to spawn for end-to-end checks.
+BUSTED_ARGS ?=
+test: all
+	$(Q)RUNBOOK_BIN=$(abspath $(BIN)) ./$(BIN) exec spec/helpers/busted.lua $(BUSTED_ARGS)
+
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+asan:
+	$(Q)$(MAKE) --no-print-directory B=build/asan BIN=build/asan/runbook CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" all
+	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  LSAN_OPTIONS=suppressions=$(abspath spec/helpers/lsan.supp):print_suppressions=0 \
+	  RUNBOOK_BIN=$(abspath build/asan/runbook) build/asan/runbook exec spec/helpers/busted.lua $(BUSTED_ARGS)
+
+check-c:
+	$(Q)$(MAKE) --no-print-directory B=build/werror BIN=build/werror/runbook CFLAGS="-O2 -Werror" all
+
+lint: check-c
+	luacheck --quiet lua stdlib runbooks spec bench examples --exclude-files 'examples/hub/node_modules/**'
+
+bench: all
+	$(Q)$(LUA) bench/run.lua
+
+clean:
+	rm -rf build runbook
+
+help:
+	@echo "make deps   install Debian packages (and the hub's npm packages)"
+	@echo "make        build ./runbook and its C modules"
+	@echo "make test   run the specs (busted inside ./runbook)"
+	@echo "make asan   the same specs on an ASan+UBSan build"
+	@echo "make lint   luacheck + C warnings as errors"
+	@echo "make bench  benchmarks against curl / lua / wrk"
+	@echo "make demo   build, start the local hub, rotate its queue key"

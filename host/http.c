@@ -1,0 +1,13 @@
+/*
+ * http.c — placeholder; see docs/HOST.md for the module this becomes.
+ */
+#include "host.h"
+
+int luaopen_runbook_http_core(lua_State *L);
+
+static const luaL_Reg funcs[] = {{NULL, NULL}};
+
+int luaopen_runbook_http_core(lua_State *L) {
+  luaL_newlib(L, funcs);
+  return 1;
+}
