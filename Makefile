@@ -25,8 +25,8 @@ else
 Q := @
 endif
 
-# Lua sources embedded in the binary.
-LUA_SRC := $(sort $(shell find lua stdlib -name '*.lua' 2>/dev/null))
+# Lua sources embedded in the binary (runbooks/ is the built-in catalogue).
+LUA_SRC := $(sort $(shell find lua stdlib runbooks -name '*.lua' 2>/dev/null))
 # C modules compiled into the binary (libc only).
 BIN_C   := host/main.c host/errors.c host/proc.c host/fs.c host/term.c
 # C modules loaded on demand: name -> extra libs.
