@@ -74,7 +74,7 @@ $(B)/obj:
 # ---------------------------------------------------------------- deps
 DEB_PKGS := lua5.4 liblua5.4-dev lua-cjson lua-argparse lua-busted lua-check \
 	libcurl4-openssl-dev libssl-dev libsqlite3-dev sqlite3 pkg-config gcc make \
-	curl openssl ca-certificates nodejs npm valgrind wrk hyperfine procps
+	curl openssl ca-certificates nodejs npm valgrind wrk hyperfine nginx-light procps
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
