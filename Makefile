@@ -74,12 +74,18 @@ $(B)/obj:
 # ---------------------------------------------------------------- deps
 DEB_PKGS := lua5.4 liblua5.4-dev lua-cjson lua-argparse lua-busted lua-check \
 	libcurl4-openssl-dev libssl-dev libsqlite3-dev sqlite3 pkg-config gcc make \
-	curl openssl ca-certificates nodejs npm valgrind wrk hyperfine nginx-light procps
+	curl openssl ca-certificates valgrind wrk hyperfine nginx-light procps
+# Node.js for the local hub: any install that provides node >= 18 and npm
+# counts (NodeSource's nodejs bundles npm and conflicts with Debian's npm).
+NODE_PKGS := nodejs npm
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
+	if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  missing="$$missing $(NODE_PKGS)"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing$$missing"; \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
