@@ -96,9 +96,12 @@ static void set_lua_sources(lua_State *L) {
   lua_getglobal(L, "package");
   if (tree != NULL && *tree != '\0') {
     lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/lua/?.lua;%s/?.lua;%s", tree, tree, lua_tostring(L, -1));
+    lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;%s", tree, tree, tree,
+                    lua_tostring(L, -1));
     lua_setfield(L, -3, "path");
     lua_pop(L, 1);
+    lua_pushstring(L, tree);
+    lua_setfield(L, -2, "runbook_tree");
   } else {
     lua_getfield(L, -1, "preload");
     for (size_t i = 0; i < runbook_embedded_count; i++) {
