@@ -1,7 +1,7 @@
 -- luacheck configuration (make lint)
 std = "lua54"
-max_line_length = 140
+max_line_length = 160
 self = false          -- methods need not use self
-read_globals = { package = { fields = { "runbook_version" } } }
+read_globals = { package = { fields = { "runbook_version", "runbook_tree" } } }
 exclude_files = { "examples/hub/node_modules/**", "build/**" }
 files["spec/**"] = { std = "+busted" }

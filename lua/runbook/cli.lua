@@ -220,6 +220,7 @@ local function do_run(a, name, resume_id)
     end
   end
   local out = make_output(a)
+  local started = false
   local interactive = is_tty(0) and os.getenv("CI") ~= "true"
   local mode = a.dry_run and "dry-run" or (a.offline and "offline" or "run")
   local code = require("runbook.engine").run({
@@ -230,7 +231,15 @@ local function do_run(a, name, resume_id)
       io.stderr:flush()
       return io.stdin:read("l")
     end,
-    from = a.from, resume = resume_id, emit = function(ev) out:emit(ev) end,
+    from = a.from, resume = resume_id, emit = function(ev)
+      if ev.event == "run_start" then started = true end
+      -- refused before it began (bad param, lock held): one line on stderr
+      if not started and not a.json and ev.event == "run_end" then
+        err_out(ev.error or ev.status)
+        return
+      end
+      out:emit(ev)
+    end,
   })
   out:close()
   if J then J:close() end

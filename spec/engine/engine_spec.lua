@@ -1,0 +1,182 @@
+-- The engine as an operator meets it: through the `runbook` command.
+local cli = require("cli")
+local cjson = require("cjson")
+
+local function journal_of(dir) return dir .. "/journal.db" end
+
+local function history(j)
+  local r = cli.run({ "history", "--json", "--journal", j })
+  local rows = {}
+  for line in r.stdout:gmatch("[^\n]+") do rows[#rows + 1] = cjson.decode(line) end
+  return rows
+end
+
+local function lines(path)
+  local n, t = 0, {}
+  for l in (cli.slurp(path) or ""):gmatch("[^\n]+") do n = n + 1 t[#t + 1] = l end
+  return n, t
+end
+
+-- wait (bounded) until fn() is true
+local function wait_for(fn, seconds)
+  local term = require("runbook.term.core")
+  local t_end = term.monotonic() + (seconds or 10)
+  while term.monotonic() < t_end do
+    if fn() then return true end
+    term.sleep(0.02)
+  end
+  return false
+end
+
+describe("engine", function()
+  local dir
+  before_each(function() dir = cli.tmpdir() end)
+  after_each(function() cli.rmrf(dir) end)
+
+  it("refuses a missing parameter before any step runs, naming it", function()
+    local r = cli.run({ "run", "steps3", "--journal", journal_of(dir) })
+    assert.equals(2, r.code)
+    assert.matches("missing parameter 'dir'", r.stderr .. r.stdout)
+    assert.is_false(cli.exists(dir .. "/first"))
+    assert.equals(0, #history(journal_of(dir)))
+  end)
+
+  it("refuses an unknown runbook and an unknown environment with usage exit 2", function()
+    local r = cli.run({ "run", "no-such-runbook" })
+    assert.equals(2, r.code)
+    assert.matches("no runbook named 'no%-such%-runbook'", r.stderr)
+    r = cli.run({ "run", "steps3", "--env", "mars", "-p", "dir=" .. dir, "--journal", journal_of(dir) })
+    assert.equals(2, r.code)
+    assert.matches("unknown environment 'mars'", r.stderr .. r.stdout)
+  end)
+
+  it("stops at a failed step with its hint and resume command; resume skips done steps", function()
+    local j = journal_of(dir)
+    cli.slurp(dir) -- no-op: dir exists
+    assert(io.open(dir .. "/fail", "w")):close()
+    local r = cli.run({ "run", "steps3", "-p", "dir=" .. dir, "--journal", j })
+    assert.equals(1, r.code)
+    assert.matches("flag file .*/fail is present", r.stdout)
+    assert.matches("remove the fail file and resume", r.stdout)
+    local run_id = r.stdout:match("runbook resume (%d+%-%d+%-%x+)")
+    assert.is_truthy(run_id)
+    assert.equals("1", cli.slurp(dir .. "/first"))
+    assert.is_false(cli.exists(dir .. "/done"))
+
+    os.remove(dir .. "/fail")
+    r = cli.run({ "resume", run_id, "--journal", j })
+    assert.equals(0, r.code, r.stdout .. r.stderr)
+    assert.equals("1", cli.slurp(dir .. "/first"))   -- step 1 not re-run
+    assert.equals("2", cli.slurp(dir .. "/second"))  -- step 2 re-run once
+    assert.equals("yes", cli.slurp(dir .. "/done"))
+    local h = history(j)
+    assert.equals(1, #h)
+    assert.equals("ok", h[1].status)
+    local log = cli.run({ "log", run_id, "--journal", j })
+    assert.matches("%[1%] ok", log.stdout)
+    assert.matches("%[3%] ok", log.stdout)
+  end)
+
+  it("resumes after SIGKILL mid-step from the last durable checkpoint", function()
+    local j = journal_of(dir)
+    local proc = require("runbook.proc.core")
+    local p = assert(proc.spawn({ argv = { cli.bin, "run", "pages", "-p", "dir=" .. dir, "-p", "pages=40",
+      "-p", "delay=0.03", "--journal", j }, env_add = { RUNBOOK_PATH = cli.root .. "/spec/fixtures/runbooks" },
+      stdout = "null", stderr = "null" }))
+    assert.is_true(wait_for(function() return lines(dir .. "/log") >= 6 end, 20))
+    p:kill("KILL")
+    p:wait(10)
+    local before = lines(dir .. "/log")
+    assert.is_true(before < 40)
+    local h = history(j)
+    assert.equals("running", h[1].status)  -- killed: never got to say otherwise
+    local r = cli.run({ "resume", h[1].id, "--journal", j })
+    assert.equals(0, r.code, r.stdout .. r.stderr)
+    local n, seen = lines(dir .. "/log")
+    local count = {}
+    for _, l in ipairs(seen) do count[l] = (count[l] or 0) + 1 end
+    for page = 1, 40 do
+      assert.is_true(cli.exists(dir .. "/page-" .. page), "page " .. page)
+      assert.is_true((count[tostring(page)] or 0) >= 1)
+    end
+    -- at most the page in flight when killed is done twice
+    assert.is_true(n <= 41, "pages processed " .. n .. " times")
+  end)
+
+  it("stops cleanly on SIGINT, journals interrupted, exits 4, and resumes", function()
+    local j = journal_of(dir)
+    local proc = require("runbook.proc.core")
+    local out = dir .. "/out.txt"
+    local p = assert(proc.spawn({ argv = { cli.bin, "run", "pages", "-p", "dir=" .. dir, "-p", "pages=200",
+      "-p", "delay=0.02", "--journal", j }, env_add = { RUNBOOK_PATH = cli.root .. "/spec/fixtures/runbooks",
+      NO_COLOR = "1" }, stdout = out, stderr = out }))
+    assert.is_true(wait_for(function() return lines(dir .. "/log") >= 3 end, 20))
+    p:kill("INT")
+    local res = p:wait(10)
+    assert.equals(4, res.code)
+    assert.matches("runbook resume", cli.slurp(out))
+    local h = history(j)
+    assert.equals("interrupted", h[1].status)
+    local r = cli.run({ "resume", h[1].id, "--journal", j })
+    assert.equals(0, r.code, r.stdout .. r.stderr)
+    assert.is_true(cli.exists(dir .. "/page-200"))
+  end)
+
+  it("refuses a second live run with the holder's id and pid; takes over a dead holder's lock", function()
+    local j = journal_of(dir)
+    local proc = require("runbook.proc.core")
+    local p = assert(proc.spawn({ argv = { cli.bin, "run", "pages", "-p", "dir=" .. dir, "-p", "pages=500",
+      "-p", "delay=0.05", "--journal", j }, env_add = { RUNBOOK_PATH = cli.root .. "/spec/fixtures/runbooks" },
+      stdout = "null", stderr = "null" }))
+    assert.is_true(wait_for(function() return lines(dir .. "/log") >= 1 end, 20))
+    local r = cli.run({ "run", "pages", "-p", "dir=" .. dir, "--journal", j })
+    assert.equals(3, r.code)
+    local first = history(j)[1]
+    assert.matches("already running: run " .. first.id:gsub("%-", "%%-") .. ", pid " .. p:pid(), r.stderr .. r.stdout)
+    p:kill("KILL")
+    p:wait(10)
+    local dir2 = cli.tmpdir()
+    r = cli.run({ "run", "pages", "-p", "dir=" .. dir2, "-p", "pages=2", "-p", "delay=0", "--journal", j })
+    cli.rmrf(dir2)
+    assert.equals(0, r.code, r.stdout .. r.stderr)
+    assert.matches("took over the lock of run " .. first.id:gsub("%-", "%%-"), r.stdout)
+  end)
+
+  it("asks before touching a protected environment and stops without a terminal or --yes", function()
+    local pf = dir .. "/runbook.lua"
+    local f = assert(io.open(pf, "w"))
+    f:write('return { default_env = "prod", environments = { prod = { url = "http://127.0.0.1:9", protected = true } } }')
+    f:close()
+    local r = cli.run({ "run", "steps3", "-p", "dir=" .. dir, "--journal", journal_of(dir) },
+      { env_add = { RUNBOOK_PROJECT = pf } })
+    assert.equals(5, r.code)
+    assert.matches("%-%-yes", r.stdout .. r.stderr)
+    assert.is_false(cli.exists(dir .. "/first"))
+    r = cli.run({ "run", "steps3", "-p", "dir=" .. dir, "--yes", "--journal", journal_of(dir) },
+      { env_add = { RUNBOOK_PROJECT = pf } })
+    assert.equals(0, r.code, r.stdout .. r.stderr)
+  end)
+
+  it("--offline performs no writes and needs no network", function()
+    local log = dir .. "/record.log"
+    local r = cli.run({ "run", "spy", "--offline", "-p", "url=http://127.0.0.1:9", "-p", "dir=" .. dir,
+      "-p", "record=" .. cli.root .. "/spec/fixtures/bin/record", "--journal", journal_of(dir) },
+      { env_add = { RECORD_LOG = log } })
+    assert.equals(0, r.code, r.stdout .. r.stderr)
+    assert.is_false(cli.exists(log))
+    assert.is_false(cli.exists(dir .. "/written"))
+    assert.matches("POST http://127.0.0.1:9/echo", r.stdout)
+    assert.matches("not run", r.stdout)
+  end)
+
+  it("runbook show and list describe without running", function()
+    local r = cli.run({ "show", "steps3" })
+    assert.equals(0, r.code)
+    assert.matches("Fail while the flag exists", r.stdout)
+    assert.matches("verify: value from step 1 is visible", r.stdout)
+    assert.matches("dir%s+path, required", r.stdout)
+    r = cli.run({ "list" })
+    assert.equals(0, r.code)
+    assert.matches("steps3%s+Three steps", r.stdout)
+  end)
+end)
