@@ -12,7 +12,7 @@ VERSION    := 0.1.0
 
 WARN    := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -fPIC $(WARN) -MMD -MP -DRUNBOOK_VERSION='"$(VERSION)"'
+override CFLAGS += -std=c11 -fPIC $(WARN) -MMD -MP -DRUNBOOK_VERSION='"$(VERSION)"'
 LUA_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
 LUA_LIBS   := $(shell $(PKG_CONFIG) --libs $(LUA_PC) 2>/dev/null)
 CURL_LIBS  := $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null)
