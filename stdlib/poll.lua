@@ -16,12 +16,12 @@ function M.wait(check, o)
   local every, timeout = o.every or 1, o.timeout or 30
   local cap = o.retry_after_cap or 60
   local t_end = clock() + timeout
-  local attempts, last = 0, nil
+  local attempts = 0
   while true do
     attempts = attempts + 1
     local ok, why, retry_after = check()
     if ok then return true, nil, attempts end
-    last = why
+    local last = why
     local wait = every
     if retry_after then wait = math.min(math.max(retry_after, 0), cap) end
     if clock() + wait > t_end then return false, last, attempts end

@@ -1,0 +1,111 @@
+-- wrangler.lua — the wrangler commands the runbooks need, each declared
+-- read or write so dry-run and offline know what to do with it. Secret
+-- values go on stdin, never in argv; `--env` is always spelled out when a
+-- Worker environment is named, and D1 commands always say --local or
+-- --remote, so no command silently targets a default.
+--
+-- The wrangler binary comes from the environment (`wrangler = {"npx",
+-- "wrangler"}` in runbook.lua) or $RUNBOOK_WRANGLER, else `wrangler` on PATH.
+
+local M = {}
+
+local function base(ctx)
+  local w = ctx.env and ctx.env.wrangler
+  if type(w) == "table" then
+    local t = {}
+    for i, a in ipairs(w) do t[i] = a end
+    return t
+  end
+  return { os.getenv("RUNBOOK_WRANGLER") or w or "wrangler" }
+end
+
+local function argv(ctx, ...)
+  local a = base(ctx)
+  for _, x in ipairs({ ... }) do a[#a + 1] = x end
+  return a
+end
+
+local function target(a, t)
+  if t.name then a[#a + 1] = "--name" a[#a + 1] = t.name end
+  if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
+  return a
+end
+
+local function check(r, what)
+  if r.code ~= 0 then
+    local msg = (r.stderr_masked or r.stderr or ""):match("[^\n]*%S[^\n]*") or ("exit " .. tostring(r.code))
+    return nil, what .. " failed: " .. msg
+  end
+  return r
+end
+
+---Put a secret on a Worker (value on stdin). A write.
+---@param t table { name = worker, env = wrangler env or nil, key = NAME, value = v }
+function M.secret_put(ctx, t)
+  local a = target(argv(ctx, "secret", "put", t.key), t)
+  local r = ctx:run(a, { stdin = t.value, cwd = ctx.env.wrangler_cwd, timeout = t.timeout or 60 })
+  return check(r, "wrangler secret put " .. t.key)
+end
+
+---Names of a Worker's secrets (values are never shown by Cloudflare). A read.
+function M.secret_list(ctx, t)
+  local a = target(argv(ctx, "secret", "list"), t)
+  a[#a + 1] = "--format"
+  a[#a + 1] = "json"
+  local fixture = t.fixture or { code = 0, stdout = "[]" }
+  local r, err = check(ctx:run(a, { read = true, cwd = ctx.env.wrangler_cwd, fixture = fixture }),
+    "wrangler secret list")
+  if not r then return nil, err end
+  local list = require("cjson.safe").decode(r.stdout:match("%[.*%]") or "")
+  if type(list) ~= "table" then return nil, "wrangler secret list: output is not a JSON list" end
+  local names = {}
+  for _, s in ipairs(list) do names[#names + 1] = s.name end
+  table.sort(names)
+  return names
+end
+
+---The account wrangler is logged into. A read.
+function M.whoami(ctx, t)
+  t = t or {}
+  local r, err = check(ctx:run(argv(ctx, "whoami"), { read = true, cwd = ctx.env.wrangler_cwd,
+    fixture = t.fixture or { code = 0, stdout = "You are logged in with an API Token, associated with the email offline@example.com.\n" } }),
+    "wrangler whoami")
+  if not r then return nil, err end
+  local email = r.stdout:match("associated with the email ([^%s]+)%.?")
+  local account = r.stdout:match("│%s*([^│]-)%s*│%s*%x+%s*│")
+  return { email = email and email:gsub("%.$", ""), account = account, raw = r.stdout_masked or r.stdout }
+end
+
+---Deploy a Worker environment. A write.
+function M.deploy(ctx, t)
+  local a = argv(ctx, "deploy")
+  if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
+  return check(ctx:run(a, { cwd = ctx.env.wrangler_cwd, timeout = t.timeout or 300 }), "wrangler deploy")
+end
+
+---Apply D1 migrations; `where` must be "local" or "remote". A write.
+function M.d1_migrations_apply(ctx, t)
+  assert(t.where == "local" or t.where == "remote", "d1_migrations_apply: where must be 'local' or 'remote'")
+  local a = argv(ctx, "d1", "migrations", "apply", t.database, "--" .. t.where)
+  if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
+  if t.persist_to then a[#a + 1] = "--persist-to" a[#a + 1] = t.persist_to end
+  return check(ctx:run(a, { cwd = t.cwd or ctx.env.wrangler_cwd, stdin = "y\n", timeout = t.timeout or 120,
+    env_add = { CI = "true" } }), "wrangler d1 migrations apply")
+end
+
+---List D1 migrations not yet applied. A read.
+function M.d1_migrations_list(ctx, t)
+  assert(t.where == "local" or t.where == "remote", "d1_migrations_list: where must be 'local' or 'remote'")
+  local a = argv(ctx, "d1", "migrations", "list", t.database, "--" .. t.where)
+  if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
+  if t.persist_to then a[#a + 1] = "--persist-to" a[#a + 1] = t.persist_to end
+  local r, err = check(ctx:run(a, { read = true, cwd = t.cwd or ctx.env.wrangler_cwd,
+    fixture = t.fixture or { code = 0, stdout = "No migrations to apply!" }, env_add = { CI = "true" } }),
+    "wrangler d1 migrations list")
+  if not r then return nil, err end
+  local pending = {}
+  for name in r.stdout:gmatch("(%d%d%d%d_[%w_%-]+%.sql)") do pending[#pending + 1] = name end
+  return pending, r.stdout
+end
+
+return M
