@@ -309,7 +309,8 @@ describe("dotenv properties (random docs from the grammar)", function()
       else
         local key = gen_key()
         local head = ws() .. (rand(3) == 1 and ("export" .. ws1()) or "") .. key .. ws() .. "="
-        local after, value, vraw, tail = ws()
+        local after = ws()
+        local value, vraw, tail
         local style = rand(4)
         if style == 1 then
           vraw = gen_unquoted()
