@@ -307,15 +307,17 @@ function Doc:set(key, value)
     end
     return self, note
   end
-  -- A new key: follow the file's habit of `export`, end the previous last
-  -- line properly, and quote only when needed.
-  local export = ""
-  for k = #entries, 1, -1 do
-    if entries[k].kind == "pair" then
-      if entries[k].head:find("^[ \t]*export[ \t]") then export = "export " end
-      break
+  -- A new key: `export` when every other key has it (a file meant to be
+  -- sourced by a shell), end the previous last line properly, and quote
+  -- only when needed.
+  local export, pairs_seen = "export ", 0
+  for _, e in ipairs(entries) do
+    if e.kind == "pair" then
+      pairs_seen = pairs_seen + 1
+      if not e.head:find("^[ \t]*export[ \t]") then export = "" end
     end
   end
+  if pairs_seen == 0 then export = "" end
   local last = entries[#entries]
   if last and last.raw:sub(-1) ~= "\n" then
     last.raw = last.raw .. self.eol

@@ -200,10 +200,13 @@ describe("doc:set / doc:delete", function()
     assert.equals("A=1\r\nB=2\r\nC=3\r\nD='two words'\r\n", dotenv.render(doc))
   end)
 
-  it("a new key follows the file's export habit", function()
-    local doc = parse_ok("export A=1\n")
-    doc:set("B", "2")
-    assert.equals("export A=1\nexport B=2\n", dotenv.render(doc))
+  it("a new key gets export only when every other key has it", function()
+    local doc = parse_ok("export A=1\n# c\n  export B=2\n")
+    doc:set("C", "3")
+    assert.equals("export A=1\n# c\n  export B=2\nexport C=3\n", dotenv.render(doc))
+    doc = parse_ok("export A=1\nB=2\n")
+    doc:set("C", "3")
+    assert.equals("export A=1\nB=2\nC=3\n", dotenv.render(doc))
   end)
 
   it("a duplicate key: updates the last occurrence and says so", function()
@@ -393,6 +396,14 @@ describe("dotenv files", function()
     return st.mode & 511
   end
 
+  -- write_atomic renames a new file into place, so a write changes the inode
+  local function inode(path)
+    local p = assert(io.popen("stat -c %i " .. path))
+    local s = p:read("a")
+    p:close()
+    return assert(tonumber(s))
+  end
+
   local function listing()
     local p = assert(io.popen("ls -A " .. dir))
     local s = p:read("a")
@@ -490,7 +501,7 @@ describe("dotenv files", function()
       assert(doc, report)
       assert.same({ changed = { "QUEUE_API_KEY" }, added = { "ADDED" }, removed = { "GONE" }, written = true },
         report)
-      assert.equals("# canonical\r\nexport QUEUE_API_KEY=new # rotated\r\nKEEP='k'\r\nexport ADDED='a b'\r\n",
+      assert.equals("# canonical\r\nexport QUEUE_API_KEY=new # rotated\r\nKEEP='k'\r\nADDED='a b'\r\n",
         slurp(path))
       assert.equals(384, mode_of(path))
     end)
@@ -521,17 +532,18 @@ describe("dotenv files", function()
 
     it("does not write when nothing changed", function()
       local path = make("queue.env", "K=1\n")
-      local before = assert(fs.stat(path)).mtime
-      os.execute("sleep 0.01")
+      local before = inode(path)
       local _, report = dotenv.update(path, { K = "1", ABSENT = false })
       assert.is_false(report.written)
-      assert.equals(before, assert(fs.stat(path)).mtime)
+      assert.equals(before, inode(path))
+      dotenv.update(path, { K = "2" })
+      assert.not_equals(before, inode(path)) -- the check above can tell
     end)
 
     it("never touches a file it cannot parse (bytes, mode and directory identical)", function()
       local text = 'A=1\nB="unterminated\nC=3\n'
       local path = make(".env", text)
-      local before = listing()
+      local before, ino = listing(), inode(path)
       local doc, msg, code = dotenv.update(path, { A = "2" })
       assert.is_nil(doc)
       assert.equals("EPARSE", code)
@@ -539,6 +551,7 @@ describe("dotenv files", function()
       assert.equals(text, slurp(path))
       assert.equals(384, mode_of(path))
       assert.equals(before, listing())
+      assert.equals(ino, inode(path))
     end)
 
     it("refuses a symlink and leaves its target alone", function()
