@@ -377,7 +377,7 @@ local function read_checked(path, opts)
     end
     local ok
     ok, msg, code = fs.chmod(path, MODE_0600)
-    if not ok then return nil, msg, code end
+    if ok == nil and msg ~= nil then return nil, msg, code end
     warnings[1] = ("dotenv: %s had mode %04o (group/other could read or write it); changed to 0600")
       :format(path, perm)
   end
@@ -466,7 +466,7 @@ function M.update(path, changes, opts)
     local fs = require("runbook.fs")
     local ok
     ok, msg, code = fs.write_atomic(path, M.render(doc), { mode = MODE_0600, nofollow = true })
-    if not ok then
+    if ok == nil and msg ~= nil then
       if code == "ELOOP" then return nil, symlink_refusal(path), "ELOOP" end
       return nil, msg, code
     end

@@ -43,6 +43,12 @@ describe("dotenv.parse / render", function()
     end)
   end
 
+  it("doc:render() is dotenv.render(doc)", function()
+    local doc = parse_ok("A=1\r\n")
+    doc:set("B", "2")
+    assert.equals("A=1\r\nB=2\r\n", doc:render())
+  end)
+
   it("keeps CRLF line endings and a missing final newline (fixtures really have them)", function()
     local crlf = slurp(FIX .. "crlf.env")
     assert.truthy(crlf:find("\r\n", 1, true))
