@@ -22,6 +22,7 @@
  */
 #include <ctype.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -212,19 +213,32 @@ static int eq_nocase(const char *a, const char *b) {
   return *a == *b;
 }
 
-static double opt_seconds(lua_State *L, int req, const char *key, const char *who, int required) {
+/* Raise a misuse error naming the request: "request: ..." for
+ * client:request, "batch request #N: ..." for client:batch. */
+static int req_error(lua_State *L, lua_Integer pos, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  const char *what = lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  if (pos > 0)
+    return luaL_error(L, "batch request #%I: %s", pos, what);
+  return luaL_error(L, "request: %s", what);
+}
+
+static double opt_seconds(lua_State *L, int req, const char *key, lua_Integer pos, int required, int *found) {
   lua_getfield(L, req, key);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     if (required)
-      luaL_error(L, "%s: field '%s' is required (seconds)", who, key);
+      req_error(L, pos, "field '%s' is required (seconds)", key);
     return 0;
   }
+  (*found)++;
   int isnum;
   double v = lua_tonumberx(L, -1, &isnum);
   lua_pop(L, 1);
   if (!isnum || !(v > 0) || v > 1e9 || isnan(v))
-    luaL_error(L, "%s: field '%s' must be a positive number of seconds", who, key);
+    req_error(L, pos, "field '%s' must be a positive number of seconds", key);
   return v;
 }
 
@@ -236,30 +250,19 @@ static long to_ms(double seconds) {
 #define SET(opt, val)                                                                       \
   do {                                                                                      \
     if (s != NULL && curl_easy_setopt(s->easy, opt, val) != CURLE_OK)                       \
-      luaL_error(L, "%s: cannot set %s", who, #opt);                                        \
+      req_error(L, pos, "cannot set %s", #opt);                                        \
   } while (0)
 
 /* Validate the request table at index req and, when s is not NULL, set the
  * slot's easy handle up for it.  Misuse raises.  Leaves one value pushed: the
  * body string (or nil), which the caller keeps reachable while libcurl reads
  * it (CURLOPT_POSTFIELDS does not copy). */
-static void setup(lua_State *L, slot_t *s, int req, const char *who) {
-  luaL_checkstack(L, 8, who);
+static void setup(lua_State *L, slot_t *s, int req, lua_Integer pos) {
+  luaL_checkstack(L, 8, "http request");
   if (!lua_istable(L, req))
-    luaL_error(L, "%s: expected a table, got %s", who, luaL_typename(L, req));
+    req_error(L, pos, "expected a table, got %s", luaL_typename(L, req));
 
-  /* unknown keys are misuse (a typo like "timeuot" must not go unnoticed) */
-  lua_pushnil(L);
-  while (lua_next(L, req) != 0) {
-    lua_pop(L, 1);
-    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    int known = 0;
-    for (int i = 0; k != NULL && REQ_KEYS[i] != NULL; i++)
-      if (strcmp(k, REQ_KEYS[i]) == 0)
-        known = 1;
-    if (!known)
-      luaL_error(L, "%s: unknown field '%s'", who, k ? k : luaL_typename(L, -1));
-  }
+  int found = 0; /* known fields present, to detect unknown ones */
 
   if (s != NULL) {
     curl_slist_free_all(s->headers);
@@ -280,14 +283,15 @@ static void setup(lua_State *L, slot_t *s, int req, const char *who) {
   size_t mlen = 3;
   lua_getfield(L, req, "method");
   if (!lua_isnil(L, -1)) {
+    found++;
     if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "%s: field 'method' must be a string", who);
+      req_error(L, pos, "field 'method' must be a string");
     method = lua_tolstring(L, -1, &mlen);
     int ok = mlen > 0 && mlen <= METHOD_MAX;
     for (size_t i = 0; ok && i < mlen; i++)
       ok = is_tchar((unsigned char)method[i]);
     if (!ok)
-      luaL_error(L, "%s: field 'method' is not an HTTP method name", who);
+      req_error(L, pos, "field 'method' is not an HTTP method name");
   }
   if (s != NULL)
     memcpy(s->method, method, mlen + 1);
@@ -300,34 +304,37 @@ static void setup(lua_State *L, slot_t *s, int req, const char *who) {
   lua_getfield(L, req, "url");
   size_t ulen;
   if (lua_type(L, -1) != LUA_TSTRING)
-    luaL_error(L, "%s: field 'url' must be a string", who);
+    req_error(L, pos, "field 'url' must be a string");
   const char *url = lua_tolstring(L, -1, &ulen);
   if (has_ctl(url, ulen))
-    luaL_error(L, "%s: field 'url' contains a control character", who);
+    req_error(L, pos, "field 'url' contains a control character");
   if (s != NULL) {
     s->url = malloc(ulen + 1);
     if (s->url == NULL)
-      luaL_error(L, "%s: not enough memory", who);
+      req_error(L, pos, "not enough memory");
     memcpy(s->url, url, ulen + 1);
   }
+  found++;
   SET(CURLOPT_URL, url); /* libcurl copies string options */
   lua_pop(L, 1);
 
   /* timeouts, TLS, size cap */
-  double timeout = opt_seconds(L, req, "timeout", who, 1);
-  double ctimeout = opt_seconds(L, req, "connect_timeout", who, 0);
+  double timeout = opt_seconds(L, req, "timeout", pos, 1, &found);
+  double ctimeout = opt_seconds(L, req, "connect_timeout", pos, 0, &found);
   lua_getfield(L, req, "insecure");
   if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
-    luaL_error(L, "%s: field 'insecure' must be a boolean", who);
+    req_error(L, pos, "field 'insecure' must be a boolean");
+  found += !lua_isnil(L, -1);
   int insecure = lua_toboolean(L, -1);
   lua_pop(L, 1);
   lua_Integer max_body = -1;
   lua_getfield(L, req, "max_body");
   if (!lua_isnil(L, -1)) {
+    found++;
     int isint;
     max_body = lua_tointegerx(L, -1, &isint);
     if (!isint || max_body < 0)
-      luaL_error(L, "%s: field 'max_body' must be a non-negative integer", who);
+      req_error(L, pos, "field 'max_body' must be a non-negative integer");
   }
   lua_pop(L, 1);
 
@@ -335,17 +342,18 @@ static void setup(lua_State *L, slot_t *s, int req, const char *who) {
   int has_ctype = 0, has_expect = 0;
   lua_getfield(L, req, "headers");
   if (!lua_isnil(L, -1)) {
+    found++;
     if (!lua_istable(L, -1))
-      luaL_error(L, "%s: field 'headers' must be a table", who);
+      req_error(L, pos, "field 'headers' must be a table");
     int h = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, h) != 0) {
       size_t nlen, vlen;
       if (lua_type(L, -2) != LUA_TSTRING)
-        luaL_error(L, "%s: header names must be strings", who);
+        req_error(L, pos, "header names must be strings");
       int vt = lua_type(L, -1);
       if (vt != LUA_TSTRING && vt != LUA_TNUMBER)
-        luaL_error(L, "%s: header values must be strings", who);
+        req_error(L, pos, "header values must be strings");
       const char *name = lua_tolstring(L, -2, &nlen);
       /* a number value is converted in place: fine, the key is untouched */
       const char *val = lua_tolstring(L, -1, &vlen);
@@ -353,9 +361,9 @@ static void setup(lua_State *L, slot_t *s, int req, const char *who) {
       for (size_t i = 0; ok && i < nlen; i++)
         ok = is_tchar((unsigned char)name[i]);
       if (!ok)
-        luaL_error(L, "%s: header name is not a valid token", who);
+        req_error(L, pos, "header name is not a valid token");
       if (has_ctl(val, vlen))
-        luaL_error(L, "%s: header value contains CR, LF or NUL", who);
+        req_error(L, pos, "header value contains CR, LF or NUL");
       if (eq_nocase(name, "Content-Type"))
         has_ctype = 1;
       if (eq_nocase(name, "Expect"))
@@ -367,7 +375,7 @@ static void setup(lua_State *L, slot_t *s, int req, const char *who) {
                                      : lua_pushfstring(L, "%s: %s", name, val);
         struct curl_slist *l = curl_slist_append(s->headers, line);
         if (l == NULL)
-          luaL_error(L, "%s: not enough memory", who);
+          req_error(L, pos, "not enough memory");
         s->headers = l;
         lua_pop(L, 1);
       }
@@ -380,9 +388,30 @@ static void setup(lua_State *L, slot_t *s, int req, const char *who) {
   lua_getfield(L, req, "body");
   int has_body = !lua_isnil(L, -1);
   if (has_body && lua_type(L, -1) != LUA_TSTRING)
-    luaL_error(L, "%s: field 'body' must be a string", who);
+    req_error(L, pos, "field 'body' must be a string");
   if (has_body && is_head)
-    luaL_error(L, "%s: a HEAD request cannot have a body", who);
+    req_error(L, pos, "a HEAD request cannot have a body");
+  found += has_body;
+
+  /* unknown keys are misuse (a typo like "timeuot" must not go unnoticed) */
+  int nkeys = 0;
+  lua_pushnil(L);
+  while (lua_next(L, req) != 0) {
+    lua_pop(L, 1);
+    nkeys++;
+  }
+  if (nkeys != found) {
+    lua_pushnil(L);
+    while (lua_next(L, req) != 0) {
+      lua_pop(L, 1);
+      const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+      int known = 0;
+      for (int i = 0; k != NULL && REQ_KEYS[i] != NULL; i++)
+        known |= strcmp(k, REQ_KEYS[i]) == 0;
+      if (!known)
+        req_error(L, pos, "unknown field '%s'", k ? k : luaL_typename(L, -1));
+    }
+  }
 
   if (s == NULL)
     return;
@@ -397,7 +426,7 @@ static void setup(lua_State *L, slot_t *s, int req, const char *who) {
         continue;
       struct curl_slist *l = curl_slist_append(s->headers, extra[i]);
       if (l == NULL)
-        luaL_error(L, "%s: not enough memory", who);
+        req_error(L, pos, "not enough memory");
       s->headers = l;
     }
   }
@@ -531,7 +560,10 @@ static const char *trim(const char *p, const char *end, const char **out_end) {
 /* Push the headers table: names lower-cased, repeated names joined with
  * ", ", obsolete line folding appended to the previous value. */
 static void push_headers(lua_State *L, const buf_t *b) {
-  lua_newtable(L);
+  int lines = 0;
+  for (const char *q = b->data; q != NULL && (q = memchr(q, '\n', b->len - (size_t)(q - b->data))) != NULL; q++)
+    lines++;
+  lua_createtable(L, 0, lines > 2 ? lines - 2 : 0); /* minus status and blank lines */
   int t = lua_gettop(L);
   lua_pushnil(L); /* last name seen, for folded lines */
   int last = t + 1;
@@ -565,11 +597,19 @@ static void push_headers(lua_State *L, const buf_t *b) {
       p = next;
       continue;
     }
-    luaL_Buffer nb;
-    luaL_buffinit(L, &nb);
-    for (const char *q = p; q < colon; q++)
-      luaL_addchar(&nb, (char)tolower((unsigned char)*q));
-    luaL_pushresult(&nb);
+    char lower[64];
+    size_t nlen = (size_t)(colon - p);
+    if (nlen <= sizeof lower) {
+      for (size_t i = 0; i < nlen; i++)
+        lower[i] = (char)tolower((unsigned char)p[i]);
+      lua_pushlstring(L, lower, nlen);
+    } else {
+      luaL_Buffer nb;
+      luaL_buffinit(L, &nb);
+      for (const char *q = p; q < colon; q++)
+        luaL_addchar(&nb, (char)tolower((unsigned char)*q));
+      luaL_pushresult(&nb);
+    }
     lua_replace(L, last);
     const char *v = trim(colon + 1, le, &ve);
     lua_pushvalue(L, last);
@@ -636,7 +676,7 @@ static int l_request(lua_State *L) {
   client_quiesce(c);
   client_grow(L, c, 1);
   slot_t *s = c->slots[0];
-  setup(L, s, 2, "request");
+  setup(L, s, 2, 0);
   /* the body string stays at the top of the stack until we return */
 
   CURLMcode mc = curl_multi_add_handle(c->multi, s->easy);
@@ -702,11 +742,9 @@ static int l_batch(lua_State *L) {
 
   /* validate everything first so a bad request #900 raises before #1 is
    * sent, not halfway through */
-  char who[48];
   for (lua_Integer i = 1; i <= n; i++) {
-    snprintf(who, sizeof who, "batch request #%lld", (long long)i);
     lua_geti(L, 2, i);
-    setup(L, NULL, 3, who);
+    setup(L, NULL, 3, i);
     lua_settop(L, 2);
   }
 
@@ -726,9 +764,8 @@ static int l_batch(lua_State *L) {
       slot_t *s = c->slots[i];
       if (s->attached)
         continue;
-      snprintf(who, sizeof who, "batch request #%lld", (long long)next);
       lua_geti(L, 2, next);
-      setup(L, s, lua_gettop(L), who);
+      setup(L, s, lua_gettop(L), next);
       lua_rawseti(L, 4, i + 1); /* keep the body alive while libcurl sends it */
       lua_pop(L, 1);
       s->index = next++;

@@ -84,12 +84,7 @@ end
 local function sensitive_set(list)
   local set = {}
   for k in pairs(ALWAYS_SENSITIVE) do set[k] = true end
-  for i, name in ipairs(list or {}) do
-    if type(name) ~= "string" then
-      error(("sensitive_headers[%d] must be a header name, got %s"):format(i, type(name)), 4)
-    end
-    set[name:lower()] = true
-  end
+  for _, name in ipairs(list or {}) do set[name:lower()] = true end
   return set
 end
 
@@ -106,6 +101,11 @@ local function to_core(req, who)
     end
   end
   if type(req.url) ~= "string" then error(who .. ": field 'url' must be a string", 3) end
+  for i, name in ipairs(req.sensitive_headers or {}) do
+    if type(name) ~= "string" then
+      error(("%s: sensitive_headers[%d] must be a header name, got %s"):format(who, i, type(name)), 3)
+    end
+  end
   local headers
   if req.headers then
     headers = {}
@@ -167,7 +167,7 @@ end
 -- already received answer to creq (from a batch).
 local function follow(c, req, creq, resp)
   local limit = req.max_redirects or M.MAX_REDIRECTS
-  local sensitive = sensitive_set(req.sensitive_headers)
+  local sensitive -- built on the first redirect: most requests have none
   local hops = 0
   while true do
     if not resp then
@@ -181,6 +181,7 @@ local function follow(c, req, creq, resp)
       return nil, ("%s %s: more than %d redirects"):format(creq.method, safe_url(req.url), limit), "EHTTP"
     end
     hops = hops + 1
+    sensitive = sensitive or sensitive_set(req.sensitive_headers)
     creq = next_hop(creq, resp.status, location, sensitive)
     resp = nil
   end
