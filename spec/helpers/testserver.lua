@@ -46,8 +46,9 @@ end
 local function launch(portfile, logfile)
   local proc = has("runbook.proc.core", "spawn")
   if proc and type(proc.getpid) == "function" then
-    local p = proc.spawn({ argv = { "node", SERVER, portfile, tostring(proc.getpid()) },
+    local p, err = proc.spawn({ argv = { "node", SERVER, portfile, tostring(proc.getpid()) },
       stdout = "null", stderr = logfile })
+    if not p then error("testserver: cannot start node: " .. tostring(err), 3) end
     return function() p:stop(2) end
   end
   local pidfile = portfile .. ".pid"
