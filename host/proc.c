@@ -1079,8 +1079,18 @@ static int p_spawn(lua_State *L) {
   if (fds[0] < 0)
     return host_errno_result(L, errno, "spawn: /dev/null");
   int rc = spawn_target(L, 1, "stdout", append, &fds[1]);
-  if (rc == 0)
+  lua_getfield(L, 1, "stdout");
+  lua_getfield(L, 1, "stderr");
+  int same = fds[1] >= 0 && lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  if (rc == 0 && same) {
+    /* one open file for both, as `>f 2>&1`: two would overwrite each other */
+    fds[2] = fcntl(fds[1], F_DUPFD_CLOEXEC, 3);
+    if (fds[2] < 0)
+      rc = host_errno_result(L, errno, "spawn: stderr");
+  } else if (rc == 0) {
     rc = spawn_target(L, 1, "stderr", append, &fds[2]);
+  }
   int err = 0;
   if (rc == 0)
     err = do_spawn(&p->pid, c, fds);
