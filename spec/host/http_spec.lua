@@ -386,6 +386,16 @@ describe("http face", function()
     assert.same({ "PUT", 7 }, { echo.method, echo.body_length })
   end)
 
+  it("a 302 after POST becomes GET; a body without a method is a POST", function()
+    local resp = assert(http.post(srv.url .. "/redirect?code=302&to=/echo", "payload"))
+    assert.same({ "GET", 0 }, { cjson.decode(resp.body).method, cjson.decode(resp.body).body_length })
+    resp = assert(http.request({ url = srv.url .. "/echo", body = "x" }))
+    assert.equals("POST", cjson.decode(resp.body).method)
+    resp = assert(http.request({ url = srv.url .. "/echo", json = { 1, 2 } }))
+    local echo = cjson.decode(resp.body)
+    assert.same({ "POST", "application/json", b64("[1,2]") }, { echo.method, echo.headers["content-type"], echo.body_b64 })
+  end)
+
   it("stops after 5 redirects; max_redirects = 0 returns the 3xx", function()
     local function chain(n)
       local u = "/echo"
@@ -404,7 +414,7 @@ describe("http face", function()
   it("drops credentials on a redirect to another host, keeps them on the same host", function()
     local other = srv.url:gsub("127%.0%.0%.1", "localhost")
     local headers = { Authorization = "Bearer t0k", ["X-API-Key"] = "k3y", Cookie = "s=1",
-      ["X-Custom-Secret"] = "c5", ["X-Plain"] = "p" }
+      ["Proxy-Authorization"] = "Basic eA==", ["X-Custom-Secret"] = "c5", ["X-Plain"] = "p" }
     local resp = assert(http.get(srv.url .. "/redirect?to=" .. urlencode(other .. "/echo"),
       { headers = headers, sensitive_headers = { "x-custom-secret" } }))
     assert.equals(200, resp.status)
@@ -416,6 +426,7 @@ describe("http face", function()
     assert.is_nil(h.authorization)
     assert.is_nil(h["x-api-key"])
     assert.is_nil(h.cookie)
+    assert.is_nil(h["proxy-authorization"])
     assert.is_nil(h["x-custom-secret"])
     assert.equals("p", h["x-plain"])
 
@@ -523,5 +534,29 @@ describe("http face", function()
       assert.equals(200, c:batch({ { url = srv.url .. "/json" } })[1].status)
     end
     assert.has_error(function() kept:get(srv.url .. "/json") end, "attempt to use a closed http client")
+  end)
+end)
+
+describe("the fixture server", function()
+  before_each(reset)
+
+  it("/fail/<n> answers 503 n times, then 200; /reset starts over", function()
+    local statuses = {}
+    for i = 1, 4 do statuses[i] = assert(http.get(srv.url .. "/fail/2")).status end
+    assert.same({ 503, 503, 200, 200 }, statuses)
+    reset()
+    assert.equals(503, assert(http.get(srv.url .. "/fail/2")).status)
+  end)
+
+  it("/retry-after/<s> is a 429 with Retry-After", function()
+    local resp = assert(http.get(srv.url .. "/retry-after/7"))
+    assert.same({ 429, "7" }, { resp.status, resp.headers["retry-after"] })
+  end)
+
+  it("/requests logs what it saw, not itself", function()
+    assert(http.get(srv.url .. "/status/204", { headers = { ["X-Seen"] = "yes" } }))
+    local log = server_log()
+    assert.equals(1, log.count)
+    assert.same({ "GET", "/status/204", "yes" }, { log.log[1].method, log.log[1].path, log.log[1].headers["x-seen"] })
   end)
 end)
