@@ -386,15 +386,8 @@ end)
 
 -- ------------------------------------------------------------ files
 
--- The file functions sit on runbook.fs (written alongside this module);
--- until that face exists these show as pending, never as passed.
-local has_fs, fs = pcall(require, "runbook.fs")
-
 describe("dotenv files", function()
-  if not has_fs then
-    pending("runbook.fs is not available yet: dotenv.read/update not exercised")
-    return
-  end
+  local fs = require("runbook.fs")
   local dir
 
   local function mode_of(path)
