@@ -53,6 +53,7 @@ local function fmt_duration(s)
 end
 
 local function fmt_eta(s)
+  if s < 1 then return "<1 s" end
   s = math.ceil(s)
   if s < 60 then return ("%d s"):format(s) end
   return fmt_duration(s)
@@ -249,7 +250,11 @@ function T.run_start(self, ev)
   local s = self.sym
   local parts = { "runbook " .. self:_paint("bold", str(ev.runbook)) }
   local env = "env " .. str(ev.env)
-  if ev.target and ev.target ~= "" then env = env .. " (" .. str(ev.target) .. ")" end
+  if ev.target and ev.target ~= "" then
+    -- the engine says "(no URL)" when there is none: do not wrap it twice
+    local target = str(ev.target)
+    env = env .. (target:match("^%(.*%)$") and " " .. target or " (" .. target .. ")")
+  end
   parts[#parts + 1] = env
   local mode = MODE_TEXT[ev.mode] or str(ev.mode)
   parts[#parts + 1] = ev.mode == "run" and mode or self:_paint("yellow", mode)
@@ -564,19 +569,19 @@ local function term_face()
   end
 end
 
+-- Only a real Lua file can be a terminal; a table with :write never is.
 local function detect_tty(stream)
-  local fd = stream == io.stdout and 1 or stream == io.stderr and 2 or nil
-  if not fd then return false end
+  if io.type(stream) ~= "file" then return false end
   local term = term_face()
   if not term or type(term.isatty) ~= "function" then return false end
-  local ok, res = pcall(term.isatty, fd)
+  local ok, res = pcall(term.isatty, stream)
   return ok and res == true
 end
 
-local function detect_width()
+local function detect_width(stream)
   local term = term_face()
   if term and type(term.width) == "function" then
-    local ok, w = pcall(term.width)
+    local ok, w = pcall(term.width, stream)
     if ok and tonumber(w) and tonumber(w) > 0 then return math.floor(tonumber(w)) end
   end
   local cols = tonumber(os.getenv("COLUMNS"))
@@ -618,7 +623,7 @@ function M.new(o)
   if unicode == nil then unicode = tty and utf8_locale() end
   local self = setmetatable({
     format = format, stream = stream, tty = tty and true or false, color = color and true or false,
-    unicode = unicode and true or false, width = o.width or (tty and detect_width() or 80),
+    unicode = unicode and true or false, width = o.width or (tty and detect_width(stream) or 80),
     junit = o.junit, sym = unicode and SYMBOLS.unicode or SYMBOLS.ascii,
     _titles = {}, _counts = {}, _runs = {}, _total = nil, _closed = false,
   }, Output)
