@@ -426,9 +426,13 @@ static int f_remove(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   if (unlink(path) != 0) {
     int e = errno;
-    if ((e == EISDIR || e == EPERM) && rmdir(path) == 0) {
-      lua_pushboolean(L, 1);
-      return 1;
+    if (e == EISDIR || e == EPERM) { /* a directory: rmdir says why not */
+      if (rmdir(path) == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+      }
+      if (errno != ENOTDIR)
+        e = errno;
     }
     return fail(L, e, "remove", path);
   }
