@@ -210,10 +210,10 @@ function Output:_clear_progress()
   end
 end
 
--- Lines under a step line up with its title.
+-- Lines under a step line up with its title; run-level lines are not indented.
 function Output:_indent(index)
   local total = self._total or 0
-  if not index then return "      " end
+  if not index then return "" end
   return (" "):rep(math.max(6, #("[" .. tostring(total) .. "/" .. tostring(total) .. "] ")))
 end
 
@@ -339,7 +339,7 @@ function T.step_end(self, ev)
 end
 
 function T.run_end(self, ev)
-  self:_line("")
+  if self._started then self:_line("") end
   local status = ev.status
   local at = ""
   if ev.failed_step then

@@ -229,7 +229,7 @@ describe("output (terminal)", function()
   it("explains a run refused before it started", function()
     local text = render({ { event = "run_end", t = 0, status = "refused", exit_code = 2, runbook = "x",
       error = "invalid parameter limit: must be at least 1", duration = 0 } }, { tty = false })
-    assert.truthy(text:find("not started: invalid parameter limit: must be at least 1\n", 1, true))
+    assert.equals("not started: invalid parameter limit: must be at least 1\n", text)
   end)
 
   it("indents the continuation lines of a multi-line error under its first", function()
