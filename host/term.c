@@ -191,14 +191,16 @@ static int t_prompt_secret(lua_State *L) {
   raw.c_lflag &= ~(tcflag_t)(ECHO | ICANON | ISIG | IEXTEN);
   raw.c_cc[VMIN] = 1;
   raw.c_cc[VTIME] = 0;
-  tty_write(t->fd, prompt, plen);
-  /* TCSADRAIN, not TCSAFLUSH: a secret pasted right away is kept */
+  /* TCSADRAIN, not TCSAFLUSH: a secret pasted right away is kept.  Echo
+   * goes off before the prompt is shown, so whatever is typed once the
+   * prompt is visible is never echoed. */
   if (tcsetattr(t->fd, TCSADRAIN, &raw) != 0) {
     int e = errno;
     tty_release(t);
     return host_errno_result(L, e, "prompt: /dev/tty");
   }
   t->restore = 1;
+  tty_write(t->fd, prompt, plen);
 
   char buf[SECRET_MAX];
   size_t len = 0;
