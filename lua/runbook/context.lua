@@ -372,9 +372,9 @@ end
 ---Read a file (a read in every mode).
 function Ctx:read_file(path, o)
   local fs = require("runbook.fs")
-  local data, err = fs.read(path, o)
+  local data, err, code = fs.read(path, { nofollow = o and o.nofollow or nil })
   if not data then
-    if o and o.missing_ok then return nil, err end
+    if o and o.missing_ok and code == "ENOENT" then return nil, err end
     raise("failed", err)
   end
   return data

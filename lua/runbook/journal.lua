@@ -145,11 +145,20 @@ local function enc(v)
   return s
 end
 
+-- JSON has one number type; a whole number comes back as an integer so a
+-- resumed cursor is 3, not 3.0 (which would print as "3.0" in a key).
+local function normalize(v, depth)
+  if type(v) == "number" then return math.tointeger(v) or v end
+  if v == cjson.null then return nil end
+  if type(v) == "table" and depth < 64 then
+    for k, x in pairs(v) do v[k] = normalize(x, depth + 1) end
+  end
+  return v
+end
+
 local function dec(s)
   if s == nil then return nil end
-  local v = cjson.decode(s)
-  if v == cjson.null then return nil end
-  return v
+  return normalize(cjson.decode(s), 0)
 end
 
 ---A fresh run id: date-time plus 4 random hex digits.
