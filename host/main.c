@@ -87,7 +87,15 @@ static void set_cpath(lua_State *L) {
                     dir, dir, dir, old);
   }
   lua_setfield(L, -3, "cpath");
-  lua_pop(L, 2);
+  lua_pop(L, 1);
+  /* package.runbook_exe: how a script starts another runbook process */
+  ssize_t n = readlink("/proc/self/exe", dir, sizeof dir - 1);
+  if (n > 0) {
+    dir[n] = '\0';
+    lua_pushstring(L, dir);
+    lua_setfield(L, -2, "runbook_exe");
+  }
+  lua_pop(L, 1);
 }
 
 /* Lua sources: embedded (default) or from a development tree. */

@@ -375,11 +375,17 @@ local function read_checked(path, opts)
       return nil, ("dotenv: %s has mode %04o: group/other can read or write it; refusing (chmod 600 it)")
         :format(path, perm), "EPERM"
     end
-    local ok
-    ok, msg, code = fs.chmod(path, MODE_0600)
-    if ok == nil and msg ~= nil then return nil, msg, code end
-    warnings[1] = ("dotenv: %s had mode %04o (group/other could read or write it); changed to 0600")
-      :format(path, perm)
+    if opts.fix_mode == "report" then
+      -- dry-run: say what a real run would do, change nothing
+      warnings[1] = ("dotenv: %s has mode %04o (group/other can read or write it); a real run changes it to 0600")
+        :format(path, perm)
+    else
+      local ok
+      ok, msg, code = fs.chmod(path, MODE_0600)
+      if ok == nil and msg ~= nil then return nil, msg, code end
+      warnings[1] = ("dotenv: %s had mode %04o (group/other could read or write it); changed to 0600")
+        :format(path, perm)
+    end
   end
   local text
   text, msg, code = fs.read(path, { nofollow = true })
@@ -404,7 +410,7 @@ end
 ---refused with EPERM when opts.fix_mode == false; a malformed file gives the
 ---parse error (EPARSE). opts.secret(value, key) is called for every value.
 ---@param path string
----@param opts? {fix_mode?: boolean, secret?: fun(value: string, key: string)}
+---@param opts? {fix_mode?: boolean|"report", secret?: fun(value: string, key: string)}
 ---@return dotenv.Doc|nil doc, string? msg, string? code
 function M.read(path, opts)
   if type(path) ~= "string" then error("dotenv.read: path must be a string", 2) end

@@ -179,6 +179,7 @@ end
 -- listed, not run.
 function Ctx:_simulate(kind, summary, result)
   self._simulated = self._simulated + 1
+  self._run_simulated = (self._run_simulated or 0) + 1
   emit(self, { event = "effect", kind = kind, summary = redact.mask(summary), simulated = true })
   self:_note_output("would " .. summary)
   return result
@@ -392,11 +393,13 @@ function Ctx:write_file(path, data, o)
 end
 
 ---Wait until check(ctx) is true. Skipped (returns true, "skipped") when
----this step simulated a write: the effect it waits for never happens.
+---this run simulated a write: the effect it waits for never happens. The
+---step's verifications are then listed, not run, like after a write.
 function Ctx:poll(o)
   assert(type(o.check) == "function", "ctx:poll needs check = function(ctx)")
   local what = o.what or "condition"
-  if self._simulated > 0 then
+  if (self._run_simulated or 0) > 0 then
+    self._simulated = self._simulated + 1
     emit(self, { event = "verify", name = "wait for " .. what, status = "skipped",
       message = "depends on a simulated write (" .. self.mode .. ")" })
     return true, "skipped"
