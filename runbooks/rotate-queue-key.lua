@@ -68,7 +68,7 @@ return rb.runbook {
         local key = ctx:secret(crypto.random_hex(32))
         ctx:set("new_key", key)
         secrets.update_env_file(ctx, canonical(ctx), { [KEY] = key }, { create = true })
-        ctx:log("new key %s written to %s", fp(key), canonical(ctx))
+        ctx:log("new key %s -> %s", fp(key), canonical(ctx))
       end,
       verify = {
         rb.check("the key is 64 hex characters", function(ctx)
@@ -133,7 +133,7 @@ return rb.runbook {
       run = function(ctx)
         local before = daemon_status(ctx)
         ctx:set("daemon_pid_before", before and before.pid or nil)
-        local r = ctx:run(ctx.env.daemon.restart, { timeout = 60 })
+        local r = ctx:run(ctx.env.daemon.restart, { timeout = 60, cwd = ctx.project and ctx.project.root })
         if r.code ~= 0 then ctx:fail("daemon restart failed: %s", (r.stderr_masked or ""):match("[^\n]*%S[^\n]*") or r.code) end
         ctx:set("restarted_at", require("runbook.term").now())
       end,

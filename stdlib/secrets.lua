@@ -54,7 +54,9 @@ end
 ---in dry-run it is printed, not done.
 function M.update_env_file(ctx, path, changes, o)
   path = project.path(ctx.project, path)
-  local doc, err = M.read_env_file(ctx, path, { missing_ok = o and o.create })
+  -- a missing file is created only when asked; a dry-run reports the write
+  -- it would attempt either way
+  local doc, err = M.read_env_file(ctx, path, { missing_ok = (o and o.create) or ctx.mode ~= "run" })
   if not doc then ctx:fail("%s", err) end
   local names = {}
   for k, v in pairs(changes) do
@@ -75,12 +77,12 @@ function M.put(ctx, t, kv)
   if t.backend == "dev_vars" then
     M.update_env_file(ctx, t.path, kv, { create = true })
     if t.restart then
-      local r = ctx:run(t.restart, { timeout = t.restart_timeout or 120 })
+      local r = ctx:run(t.restart, { timeout = t.restart_timeout or 120, cwd = ctx.project and ctx.project.root })
       if r.code ~= 0 then
         ctx:fail("restart of %s failed (exit %s): %s", M.label(t), tostring(r.code),
           (r.stderr_masked or ""):match("[^\n]*%S[^\n]*") or "")
       end
-      ctx:log("restarted %s so it reads the new values", M.label(t))
+      if not r.simulated then ctx:log("restarted %s so it reads the new values", M.label(t)) end
     end
     if t.health_url then
       ctx:poll({ what = M.label(t) .. " healthy again", every = 0.25, backoff = 1.5, max_every = 2,

@@ -19,6 +19,11 @@ local function base(ctx)
   return { os.getenv("RUNBOOK_WRANGLER") or w or "wrangler" }
 end
 
+local function wcwd(ctx)
+  local d = ctx.env and ctx.env.wrangler_cwd
+  return d and require("runbook.project").path(ctx.project, d) or nil
+end
+
 local function argv(ctx, ...)
   local a = base(ctx)
   for _, x in ipairs({ ... }) do a[#a + 1] = x end
@@ -43,7 +48,7 @@ end
 ---@param t table { name = worker, env = wrangler env or nil, key = NAME, value = v }
 function M.secret_put(ctx, t)
   local a = target(argv(ctx, "secret", "put", t.key), t)
-  local r = ctx:run(a, { stdin = t.value, cwd = ctx.env.wrangler_cwd, timeout = t.timeout or 60 })
+  local r = ctx:run(a, { stdin = t.value, cwd = wcwd(ctx), timeout = t.timeout or 60 })
   return check(r, "wrangler secret put " .. t.key)
 end
 
@@ -53,7 +58,7 @@ function M.secret_list(ctx, t)
   a[#a + 1] = "--format"
   a[#a + 1] = "json"
   local fixture = t.fixture or { code = 0, stdout = "[]" }
-  local r, err = check(ctx:run(a, { read = true, cwd = ctx.env.wrangler_cwd, fixture = fixture }),
+  local r, err = check(ctx:run(a, { read = true, cwd = wcwd(ctx), fixture = fixture }),
     "wrangler secret list")
   if not r then return nil, err end
   local list = require("cjson.safe").decode(r.stdout:match("%[.*%]") or "")
@@ -67,7 +72,7 @@ end
 ---The account wrangler is logged into. A read.
 function M.whoami(ctx, t)
   t = t or {}
-  local r, err = check(ctx:run(argv(ctx, "whoami"), { read = true, cwd = ctx.env.wrangler_cwd,
+  local r, err = check(ctx:run(argv(ctx, "whoami"), { read = true, cwd = wcwd(ctx),
     fixture = t.fixture or { code = 0, stdout = "You are logged in with an API Token, associated with the email offline@example.com.\n" } }),
     "wrangler whoami")
   if not r then return nil, err end
@@ -80,7 +85,7 @@ end
 function M.deploy(ctx, t)
   local a = argv(ctx, "deploy")
   if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
-  return check(ctx:run(a, { cwd = ctx.env.wrangler_cwd, timeout = t.timeout or 300 }), "wrangler deploy")
+  return check(ctx:run(a, { cwd = wcwd(ctx), timeout = t.timeout or 300 }), "wrangler deploy")
 end
 
 ---Apply D1 migrations; `where` must be "local" or "remote". A write.
@@ -89,7 +94,7 @@ function M.d1_migrations_apply(ctx, t)
   local a = argv(ctx, "d1", "migrations", "apply", t.database, "--" .. t.where)
   if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
   if t.persist_to then a[#a + 1] = "--persist-to" a[#a + 1] = t.persist_to end
-  return check(ctx:run(a, { cwd = t.cwd or ctx.env.wrangler_cwd, stdin = "y\n", timeout = t.timeout or 120,
+  return check(ctx:run(a, { cwd = t.cwd or wcwd(ctx), stdin = "y\n", timeout = t.timeout or 120,
     env_add = { CI = "true" } }), "wrangler d1 migrations apply")
 end
 
@@ -99,7 +104,7 @@ function M.d1_migrations_list(ctx, t)
   local a = argv(ctx, "d1", "migrations", "list", t.database, "--" .. t.where)
   if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
   if t.persist_to then a[#a + 1] = "--persist-to" a[#a + 1] = t.persist_to end
-  local r, err = check(ctx:run(a, { read = true, cwd = t.cwd or ctx.env.wrangler_cwd,
+  local r, err = check(ctx:run(a, { read = true, cwd = t.cwd or wcwd(ctx),
     fixture = t.fixture or { code = 0, stdout = "No migrations to apply!" }, env_add = { CI = "true" } }),
     "wrangler d1 migrations list")
   if not r then return nil, err end
