@@ -126,6 +126,12 @@ lint: check-c
 bench: all
 	$(Q)$(LUA) bench/run.lua
 
+# The main job: install what is missing, build, start the local hub and the
+# daemon, rotate the queue key against them, show the journal, stop both.
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)./$(BIN) exec examples/demo.lua
+
 clean:
 	rm -rf build runbook
 
