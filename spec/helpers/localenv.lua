@@ -167,7 +167,7 @@ function M.queue_status(self, key)
   return M.request(self, "GET", "/api/queue", { headers = key and { ["X-API-Key"] = key } or nil }).status
 end
 
-function M.env_value(self, path, key)
+function M.env_value(_, path, key)
   local doc = require("stdlib.dotenv").parse(cli.slurp(path) or "")
   return doc and doc:get(key)
 end
