@@ -27,6 +27,10 @@ endif
 
 # Lua sources embedded in the binary (runbooks/ is the built-in catalogue).
 LUA_SRC := $(sort $(shell find lua stdlib runbooks -name '*.lua' 2>/dev/null))
+# lua-argparse is embedded too (as bytecode, like ours): every command parses
+# its arguments with it, and loading it from source costs ~1 ms of start-up.
+ARGPARSE := $(shell $(LUA) -e 'print(package.searchpath("argparse", package.path) or "")' 2>/dev/null)
+EMBED_SRC := $(LUA_SRC) $(if $(ARGPARSE),argparse=$(ARGPARSE))
 # C modules compiled into the binary (libc only).
 BIN_C   := host/main.c host/errors.c host/proc.c host/fs.c host/term.c
 # C modules loaded on demand: name -> extra libs.
@@ -42,7 +46,7 @@ BIN ?= runbook
 OBJ := $(patsubst host/%.c,$(B)/obj/%.o,$(BIN_C)) $(B)/obj/embed.o
 SOS := $(foreach m,$(MODS),$(B)/mod/runbook/$(m)/core.so)
 
-.PHONY: all deps test asan lint bench clean help demo check-c hub-deps
+.PHONY: all deps test asan lint bench clean help demo check-c hub-deps valgrind
 
 all: $(BIN) $(SOS)
 
@@ -54,9 +58,9 @@ $(B)/obj/%.o: host/%.c | $(B)/obj
 	@echo "  CC    $<"
 	$(Q)$(CC) $(CFLAGS) $(LUA_CFLAGS) -Ihost -c -o $@ $<
 
-$(B)/embed.c: host/embed.lua $(LUA_SRC) | $(B)/obj
-	@echo "  EMBED $(words $(LUA_SRC)) Lua files"
-	$(Q)$(LUA) host/embed.lua $@ $(LUA_SRC)
+$(B)/embed.c: host/embed.lua $(LUA_SRC) $(ARGPARSE) | $(B)/obj
+	@echo "  EMBED $(words $(EMBED_SRC)) Lua files"
+	$(Q)$(LUA) host/embed.lua $@ $(EMBED_SRC)
 
 $(B)/obj/embed.o: $(B)/embed.c
 	$(Q)$(CC) $(CFLAGS) -Ihost -c -o $@ $<
@@ -117,11 +121,15 @@ asan:
 	  LSAN_OPTIONS=suppressions=$(abspath spec/helpers/lsan.supp):print_suppressions=0 \
 	  RUNBOOK_BIN=$(abspath build/asan/runbook) build/asan/runbook exec spec/helpers/busted.lua $(BUSTED_ARGS)
 
+# valgrind on scripts that touch every C module and on journaled runbook runs
+valgrind: all
+	$(Q)RUNBOOK_BIN=$(abspath $(BIN)) ./$(BIN) exec .ci/valgrind.lua
+
 check-c:
 	$(Q)$(MAKE) --no-print-directory B=build/werror BIN=build/werror/runbook CFLAGS="-O2 -Werror" all
 
 lint: check-c
-	luacheck --quiet lua stdlib runbooks spec bench examples --exclude-files 'examples/hub/node_modules/**'
+	luacheck --quiet lua stdlib runbooks spec bench examples .ci --exclude-files 'examples/hub/node_modules/**'
 
 bench: all
 	$(Q)$(LUA) bench/run.lua
@@ -141,5 +149,6 @@ help:
 	@echo "make test   run the specs (busted inside ./runbook)"
 	@echo "make asan   the same specs on an ASan+UBSan build"
 	@echo "make lint   luacheck + C warnings as errors"
-	@echo "make bench  benchmarks against curl / lua / wrk"
+	@echo "make bench  benchmarks against curl / lua / wrk (writes docs/BENCH.md)"
+	@echo "make valgrind  the host under valgrind: no definite leak, no memory error"
 	@echo "make demo   build, start the local hub, rotate its queue key"

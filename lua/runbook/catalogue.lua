@@ -129,4 +129,77 @@ function M.all(project)
   return out
 end
 
+-- Summaries for `runbook list`, cached: loading 20 runbooks costs more than
+-- the whole start-up budget, so name and summary are kept per file in
+-- $XDG_CACHE_HOME/runbook/catalogue.json (default ~/.cache), keyed by the
+-- file's path, size and mtime (built-ins: by the binary's). A file that does
+-- not load is never cached, so its error shows every time. The cache is an
+-- optimisation only: unreadable, unwritable or corrupt, it is ignored.
+local function cache_path()
+  local base = os.getenv("XDG_CACHE_HOME")
+  if not base or base == "" then
+    local home = os.getenv("HOME")
+    if not home or home == "" then return nil end
+    base = home .. "/.cache"
+  end
+  return base .. "/runbook/catalogue.json"
+end
+
+local function stamp(fs, path)
+  local st = fs.stat(path)
+  return st and ("%d:%.9f"):format(st.size, st.mtime) or nil
+end
+
+---@return table rows { name, summary | nil, err | nil, source }
+function M.summaries(project)
+  local fs = require("runbook.fs.core")
+  local cjson = require("cjson.safe")
+  local cpath = cache_path()
+  local cache = {}
+  if cpath then
+    local f = io.open(cpath, "rb")
+    if f then
+      local t = cjson.decode(f:read("a") or "")
+      f:close()
+      if type(t) == "table" and type(t.entries) == "table" then cache = t.entries end
+    end
+  end
+  local exe_stamp = package.runbook_exe and stamp(fs, package.runbook_exe)
+  local fresh, changed, out = {}, false, {}
+  for _, e in ipairs(M.names(project)) do
+    local key, st
+    if e.source.kind == "builtin" then
+      key, st = "builtin:" .. e.name, exe_stamp and (exe_stamp .. ":" .. (package.runbook_version or ""))
+    else
+      key = e.source.dir .. "/" .. e.name .. ".lua"
+      st = stamp(fs, key)
+    end
+    local hit = st and cache[key]
+    if hit and type(hit) == "table" and hit.stamp == st and type(hit.summary) == "string" then
+      fresh[key] = hit
+      out[#out + 1] = { name = e.name, summary = hit.summary, source = e.source }
+    else
+      local def, err
+      if e.source.kind == "builtin" then def, err = load_builtin(e.name) else def, err = M.load_file(key) end
+      if def and def.name ~= e.name then
+        err = ("%s: file is %s.lua but the runbook is named %s"):format(def.source, e.name, def.name)
+        def = nil
+      end
+      if def and st then
+        fresh[key] = { stamp = st, summary = def.summary }
+        changed = true
+      end
+      out[#out + 1] = { name = e.name, summary = def and def.summary, err = err, source = e.source }
+    end
+  end
+  for k in pairs(cache) do if not fresh[k] then changed = true end end
+  if cpath and changed then
+    local dir = cpath:match("^(.*)/[^/]*$")
+    if fs.mkdir_p(dir, tonumber("700", 8)) then
+      fs.write_atomic(cpath, cjson.encode({ version = 1, entries = fresh }), { mode = tonumber("600", 8) })
+    end
+  end
+  return out
+end
+
 return M

@@ -94,11 +94,11 @@ local function cmd_list()
   local project = load_project()
   if not project then return EXIT_USAGE end
   local cat = require("runbook.catalogue")
-  local rows, width, bad = cat.all(project), 0, 0
+  local rows, width, bad = cat.summaries(project), 0, 0
   for _, r in ipairs(rows) do width = math.max(width, #r.name) end
   for _, r in ipairs(rows) do
-    if r.def then
-      io.stdout:write(("%-" .. width .. "s  %s\n"):format(r.name, r.def.summary))
+    if r.summary then
+      io.stdout:write(("%-" .. width .. "s  %s\n"):format(r.name, r.summary))
     else
       bad = bad + 1
       io.stdout:write(("%-" .. width .. "s  (broken: %s)\n"):format(r.name, r.err))

@@ -3,51 +3,58 @@
 -- and the stdlib (JWT, signed callbacks, secret fingerprints) want.
 -- Expected failures (bad hex or base64 input) return nil, msg, "EINVAL".
 
-local core = require("runbook.crypto.core")
+-- libcrypto is loaded on first use, not on require: a runbook that requires
+-- this face at its top costs `runbook list` / `show` nothing.
+local core = setmetatable({}, { __index = function(t, k)
+  local c = require("runbook.crypto.core")
+  setmetatable(t, { __index = c })
+  return c[k]
+end })
 
 local M = {}
+local REEXPORTED = {}
 
 --- `n` cryptographically random bytes (0 <= n <= 1 MiB).
 ---@param n integer
 ---@return string|nil bytes, string? msg, string? code
-M.random = core.random
+REEXPORTED.random = true
 
 --- Lower-case hex of a byte string.
 ---@param s string
 ---@return string
-M.hex = core.hex
+REEXPORTED.hex = true
 
 --- Bytes from hex (either case); nil, msg, "EINVAL" on odd length or a non-hex character.
 ---@param s string
 ---@return string|nil bytes, string? msg, string? code
-M.unhex = core.unhex
+REEXPORTED.unhex = true
 
 --- Standard base64 with padding, no line breaks.
 ---@param s string
 ---@return string
-M.b64 = core.b64
+REEXPORTED.b64 = true
 
 --- Bytes from standard padded base64; nil, msg, "EINVAL" on anything else.
 ---@param s string
 ---@return string|nil bytes, string? msg, string? code
-M.unb64 = core.unb64
+REEXPORTED.unb64 = true
 
 --- Raw 32-byte SHA-256 digest.
 ---@param s string
 ---@return string
-M.sha256 = core.sha256
+REEXPORTED.sha256 = true
 
 --- Raw 32-byte HMAC-SHA256 of `msg` under `key`.
 ---@param key string
 ---@param msg string
 ---@return string
-M.hmac_sha256 = core.hmac_sha256
+REEXPORTED.hmac_sha256 = true
 
 --- Constant-time comparison (false when the lengths differ).
 ---@param a string
 ---@param b string
 ---@return boolean
-M.equal = core.equal
+REEXPORTED.equal = true
 
 --- SHA-256 as 64 lower-case hex characters.
 ---@param s string
@@ -116,5 +123,13 @@ end
 function M.fingerprint(s)
   return "sha256:" .. core.hex(core.sha256(s)):sub(1, 8)
 end
+
+-- the primitives themselves, resolved (and libcrypto loaded) on first access
+setmetatable(M, { __index = function(t, k)
+  if not REEXPORTED[k] then return nil end
+  local f = core[k]
+  rawset(t, k, f)
+  return f
+end })
 
 return M

@@ -179,4 +179,35 @@ describe("engine", function()
     assert.equals(0, r.code)
     assert.matches("steps3%s+Three steps", r.stdout)
   end)
+
+  it("runbook list follows edits to a runbook, whatever it cached", function()
+    local rbdir, cache = dir .. "/rb", dir .. "/cache"
+    assert(require("runbook.fs").mkdir_p(rbdir, tonumber("700", 8)))
+    local function put(summary)
+      local f = assert(io.open(rbdir .. "/mine.lua", "w"))
+      f:write(('local rb = require("runbook")\nreturn rb.runbook { name = "mine", summary = %q, steps = {\n'
+        .. '  rb.step "Nothing" { run = function() end, no_verify = "spec" } } }\n'):format(summary))
+      f:close()
+    end
+    local function list()
+      return cli.run({ "list" }, { env_add = { RUNBOOK_PATH = rbdir, XDG_CACHE_HOME = cache } })
+    end
+    put("First summary")
+    assert.matches("mine%s+First summary", list().stdout)
+    assert.matches("mine%s+First summary", list().stdout)          -- from the cache now
+    assert.truthy(cli.exists(cache .. "/runbook/catalogue.json"))
+    put("A longer, second summary")
+    assert.matches("mine%s+A longer, second summary", list().stdout)
+    local f = assert(io.open(rbdir .. "/mine.lua", "w")); f:write("return 42\n"); f:close()
+    for _ = 1, 2 do                                                  -- a broken file is never cached
+      local r = list()
+      assert.equals(1, r.code)
+      assert.matches("mine%s+%(broken: .*does not return rb.runbook", r.stdout)
+    end
+    put("Back again")
+    f = assert(io.open(cache .. "/runbook/catalogue.json", "w")); f:write("{not json"); f:close()
+    local r = list()
+    assert.equals(0, r.code, r.stderr)
+    assert.matches("mine%s+Back again", r.stdout)
+  end)
 end)

@@ -1,0 +1,5 @@
+local http, crypto, sqlite, proc = require("runbook.http"), require("runbook.crypto"), require("runbook.sqlite"), require("runbook.proc")
+local r = assert(http.request({ url = arg[1] or "http://127.0.0.1:8787/api/health", timeout = 5 }))
+local db = assert(sqlite.open(":memory:")); assert(db:exec("CREATE TABLE t(v); INSERT INTO t VALUES('hi')"))
+local c = assert(proc.run({ argv = { "tr", "a-z", "A-Z" }, stdin = db:prepare("SELECT v FROM t"):step().v, timeout = 5 }))
+print(r.status, crypto.hex(crypto.hmac_sha256("key", r.body)):sub(1, 16), c.stdout)
