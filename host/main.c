@@ -180,6 +180,10 @@ static int pmain(lua_State *L) {
 int main(int argc, char **argv) {
   if (argv[0] != NULL && argv[0][0] != '\0')
     progname = argv[0];
+  /* A write past a file-size limit fails with EFBIG and is reported like any
+   * other failed write (old file kept, run marked failed) instead of killing
+   * the process mid-run; children get the default back (proc.c). */
+  signal(SIGXFSZ, SIG_IGN);
   lua_State *L = luaL_newstate();
   if (L == NULL) {
     fprintf(stderr, "%s: cannot create Lua state: not enough memory\n", progname);

@@ -1,5 +1,5 @@
 -- cli.lua — the `runbook` command line (lua-argparse): list, show, run,
--- resume, history, log, check, new, completion, man. Decides nothing a
+-- resume, history, log, check, new, schedule, completion, man. Decides nothing a
 -- runbook does; turns words into an engine.run call and an exit code.
 
 local argparse = require("argparse")
@@ -60,6 +60,15 @@ local function build_parser()
 
   local new = p:command("new", "Create a runbook from a template in the project's runbooks/.")
   new:argument("name", "lower-case-words")
+
+  local sched = p:command("schedule", "Print a cron line, systemd service+timer or launchd plist that runs a runbook "
+    .. "every N minutes (installs nothing).")
+  sched:argument("name", "Runbook name or path to a .lua file.")
+  sched:option("--every", "How often: 30m, 1h, 90m (whole minutes)."):argname("<interval>"):count(1)
+  sched:option("--format", "cron, systemd or launchd.", "cron"):choices({ "cron", "systemd", "launchd" })
+  sched:option("--env", "Environment the scheduled runs target (default: the project's default_env).")
+  sched:option("-p --param", "A parameter for every run: -p name=value (repeatable)."):count("*"):argname("<k=v>")
+  sched:option("--log", "File the runs' output is appended to (default /tmp/<label>.log)."):argname("<file>")
 
   local comp = p:command("completion", "Print a bash completion script.")
   comp:argument("shell", "Only bash is supported."):args("?")
@@ -223,7 +232,8 @@ local function do_run(a, name, resume_id)
   local started = false
   local interactive = is_tty(0) and os.getenv("CI") ~= "true"
   local mode = a.dry_run and "dry-run" or (a.offline and "offline" or "run")
-  local code = require("runbook.engine").run({
+  local run_id
+  local ok, code = pcall(require("runbook.engine").run, {
     def = def, project = project, env = a.env, mode = mode, params = given,
     journal = J, journal_path = journal_path, yes = a.yes, interactive = interactive,
     ask = function(prompt)
@@ -232,7 +242,7 @@ local function do_run(a, name, resume_id)
       return io.stdin:read("l")
     end,
     from = a.from, resume = resume_id, emit = function(ev)
-      if ev.event == "run_start" then started = true end
+      if ev.event == "run_start" then started, run_id = true, ev.run_id end
       -- refused before it began (bad param, lock held): one line on stderr
       if not started and not a.json and ev.event == "run_end" then
         err_out(ev.error or ev.status)
@@ -241,6 +251,20 @@ local function do_run(a, name, resume_id)
       out:emit(ev)
     end,
   })
+  -- The journal itself failing (disk full, I/O error, a file-size limit) is
+  -- an expected failure: one line saying where the run stands, not a
+  -- traceback. Anything else is a bug and goes on to the host's handler.
+  if not ok then
+    local msg = tostring(code)
+    if not msg:match("^journal ") then error(code, 0) end
+    pcall(out.close, out)
+    pcall(function() if J then J:close() end end)
+    err_out(("%s; the run stopped here%s. Free space or fix the file, then %s"):format(msg,
+      run_id and (" (run " .. run_id .. ")") or "",
+      run_id and ("`runbook resume " .. run_id .. (a.journal and (" --journal " .. a.journal) or "") .. "`")
+        or "run it again"))
+    return 1
+  end
   out:close()
   if J then J:close() end
   return code
@@ -420,6 +444,67 @@ local function cmd_new(a)
   return 0
 end
 
+-- schedule ------------------------------------------------------------------
+
+local function abs_path(p)
+  if p:sub(1, 1) == "/" then return p end
+  local fs = require("runbook.fs.core")
+  return ((fs.getcwd and fs.getcwd()) or os.getenv("PWD") or ".") .. "/" .. p
+end
+
+local function cmd_schedule(a)
+  local project = load_project()
+  if not project then return EXIT_USAGE end
+  local params = require("runbook.params")
+  local every, derr = params.duration(a.every)
+  if not every then
+    err_out(("--every %s: %s"):format(a.every, derr))
+    return EXIT_USAGE
+  end
+  local def, err = require("runbook.catalogue").find(a.name, project)
+  if not def then err_out(err) return EXIT_USAGE end
+  local env, eerr = require("runbook.engine").environment(project, a.env)
+  if not env then err_out(eerr) return EXIT_USAGE end
+  if def.envs then
+    local ok = false
+    for _, e in ipairs(def.envs) do if e == env.name then ok = true end end
+    if not ok then
+      err_out(("%s does not target environment '%s' (it may target: %s)"):format(def.name, env.name,
+        table.concat(def.envs, ", ")))
+      return EXIT_USAGE
+    end
+  end
+  local given, perr = params.parse_words(a.param)
+  if not given then err_out(perr) return EXIT_USAGE end
+  for _, p in ipairs(def.params) do
+    -- a schedule is a plain-text file: a secret there would be on disk for good
+    if p.type == "secret" and given[p.name] ~= nil then
+      err_out(("parameter '%s' is a secret and would be written into the schedule in plain text; %s"):format(
+        p.name, p.env and ("set $" .. p.env .. " in the scheduler's environment instead") or "do not schedule it"))
+      return EXIT_USAGE
+    end
+  end
+  -- the scheduled runs must start: every parameter valid, none missing
+  local _, verr = params.resolve(def.params, given, { runbook = def.name })
+  if verr then err_out(verr) return EXIT_USAGE end
+  local args = {}
+  local names = {}
+  for k in pairs(given) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do args[#args + 1] = "-p" args[#args + 1] = k .. "=" .. given[k] end
+  -- a name is found from the project's directory; a file path must not depend on cwd
+  local target = a.name:find("/", 1, true) and abs_path(a.name) or a.name
+  local text, rerr = require("stdlib.schedule").render({
+    runbook = target, every = every, format = a.format, env = env.name, args = args, log = a.log,
+    bin = package.runbook_exe or abs_path(arg and arg[0] or "runbook"),
+    label = "runbook." .. def.name .. "." .. env.name,
+    workdir = project.path and abs_path(project.root) or nil,
+  })
+  if not text then err_out(rerr) return EXIT_USAGE end
+  io.stdout:write(text)
+  return 0
+end
+
 local function cmd_man(parser)
   local function esc(s) return (s:gsub("\\", "\\\\"):gsub("\n%.", "\n\\&.")) end
   local out = { ".TH RUNBOOK 1 \"\" \"runbook " .. package.runbook_version .. "\" \"User Commands\"",
@@ -464,6 +549,7 @@ function M.main(args)
   elseif c == "log" then return cmd_log(a)
   elseif c == "check" then return cmd_check(a)
   elseif c == "new" then return cmd_new(a)
+  elseif c == "schedule" then return cmd_schedule(a)
   elseif c == "completion" then
     io.stdout:write(parser:get_bash_complete())
     return 0

@@ -226,6 +226,37 @@ local function is_read_method(m)
   return m == "GET" or m == "HEAD" or m == "OPTIONS"
 end
 
+-- Retries: a read (GET/HEAD, or effect = "read") is retried on 429 and
+-- 500/502/503/504 — 3 more attempts by default — waiting what Retry-After
+-- says (capped at max_wait, 60 s) or an exponential backoff with full
+-- jitter (base 0.5 s, at most 8 s). A write is retried only when the call
+-- asks (`retry = true` or `{ attempts, base, cap, max_wait }`); `retry =
+-- false` turns retries off. After the last attempt the last response is
+-- returned (and fails the step if `expect` says so). Transport failures
+-- (refused, timeout, TLS) are not retried: they are reported at once.
+local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
+local RETRY_DEFAULT = { attempts = 4, base = 0.5, cap = 8, max_wait = 60 }
+
+local function retry_policy(opt, read)
+  if opt == false or (opt == nil and not read) then return nil end
+  local p = {}
+  for k, v in pairs(RETRY_DEFAULT) do p[k] = v end
+  if type(opt) == "number" then p.attempts = opt + 1 end
+  if type(opt) == "table" then for k, v in pairs(opt) do p[k] = v end end
+  return p.attempts > 1 and p or nil
+end
+
+local function retry_wait(p, attempt, resp)
+  local ra = resp.headers and (resp.headers["retry-after"] or resp.headers["Retry-After"])
+  local secs = tonumber(ra)
+  if secs and secs >= 0 then
+    if secs > p.max_wait then return p.max_wait, ("Retry-After %g s, capped at %g s"):format(secs, p.max_wait) end
+    return secs, "Retry-After"
+  end
+  local ceiling = math.min(p.cap, p.base * 2 ^ (attempt - 1))
+  return ceiling / 2 + math.random() * ceiling / 2, "backoff"
+end
+
 ---An HTTP request that may fail softly: resp or nil, msg, code.
 function Ctx:try_http(req)
   self:_safe_point()
@@ -248,20 +279,54 @@ function Ctx:try_http(req)
   local http = require("runbook.http")
   local r = {}
   for k, v in pairs(req) do r[k] = v end
-  r.effect, r.fixture, r.simulate = nil, nil, nil
-  r.timeout = self:_timeout(req.timeout or 30)
+  r.effect, r.fixture, r.simulate, r.retry, r.expect = nil, nil, nil, nil, nil
   if not read then self:_effect("http", summary) end
-  local resp, err, code = http.request(r)
-  self:_safe_point()
+  local policy = retry_policy(req.retry, read)
+  local resp, err, code, tries
+  for attempt = 1, policy and policy.attempts or 1 do
+    tries = attempt
+    r.timeout = self:_timeout(req.timeout or 30)
+    resp, err, code = http.request(r)
+    self:_safe_point()
+    if not (policy and resp and RETRY_STATUS[resp.status]) or attempt == policy.attempts then break end
+    local wait, why = retry_wait(policy, attempt, resp)
+    self:log("%s: HTTP %d; retry %d of %d in %.1f s (%s)", summary, resp.status, attempt, policy.attempts - 1, wait, why)
+    if not self:_sleep(wait) then self:_safe_point() end
+  end
   if not resp then return nil, redact.mask(err), code end
+  resp.attempts = tries
   return resp
 end
 
----An HTTP request; a transport failure fails the step (a status never does).
+---An HTTP request; a transport failure fails the step, and so does a status
+---other than `req.expect` (a status or a list) when one is given.
 function Ctx:http(req)
   local resp, err = self:try_http(req)
   if not resp then raise("failed", err) end
+  local want = req.expect
+  if want and not resp.simulated then
+    local ok = false
+    for _, s in ipairs(type(want) == "table" and want or { want }) do ok = ok or resp.status == s end
+    if not ok then
+      local excerpt = (resp.body or ""):sub(1, 300):gsub("%c+", " "):gsub("%s+", " ")
+      if #excerpt > 120 then excerpt = excerpt:sub(1, 117) .. "..." end
+      raise("failed", redact.mask(("%s %s: HTTP %d%s, expected %s%s"):format(req.method, req.url, resp.status,
+        (resp.attempts or 1) > 1 and (" after " .. resp.attempts .. " attempts") or "",
+        type(want) == "table" and table.concat(want, " or ") or tostring(want),
+        excerpt ~= "" and (": " .. excerpt) or "")))
+    end
+  end
   return resp
+end
+
+---The JSON document of a response, or the step fails naming the request and
+---showing a short, masked excerpt of what came instead (an HTML error page,
+---a truncated body...).
+function Ctx:json(resp, what)
+  if resp.simulated and (resp.body or "") == "" then return resp.json or {} end
+  local doc, err = require("runbook.http").json(resp)
+  if doc == nil then raise("failed", redact.mask((what and (what .. ": ") or "") .. err)) end
+  return doc
 end
 
 function Ctx:get_url(url, o)

@@ -24,6 +24,7 @@
 //   /reset                clears the log, counters and /fail state
 //   /retry-after/<s>      429 with Retry-After: s
 //   /fail/<n>             the next n requests to it get 503, then 200
+//   /limited/<n>/<s>      the next n requests to it get 429 with Retry-After: s, then 200 (JSON)
 "use strict";
 
 const http = require("http");
@@ -142,6 +143,14 @@ function handle(req, res, body) {
     return json(res, 200, { reset: true });
   }
   if ((m = p.match(/^\/retry-after\/(\d+)$/))) return send(res, 429, "slow down\n", { "Retry-After": m[1] });
+  if ((m = p.match(/^\/limited\/(\d+)\/(\d+)$/))) {
+    const left = failState.has(p) ? failState.get(p) : Number(m[1]);
+    if (left > 0) {
+      failState.set(p, left - 1);
+      return send(res, 429, "slow down\n", { "Retry-After": m[2] });
+    }
+    return json(res, 200, { ok: true });
+  }
   if ((m = p.match(/^\/fail\/(\d+)$/))) {
     const left = failState.has(p) ? failState.get(p) : Number(m[1]);
     if (left > 0) {
