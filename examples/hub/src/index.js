@@ -7,7 +7,7 @@ import { adminAllowed, handleAdmin } from "./admin.js";
 import { brokenD1, brokenKV, countingKV, flushKvUsage, newCounts } from "./bindings.js";
 import { HttpError, fail, json, readJson, sleep } from "./http.js";
 import { counts, handleQueue, migrate } from "./queue.js";
-import { handleCallback, handleReplay, handleRuns, metrics } from "./runs.js";
+import { handleCallback, handleEvents, handleReplay, handleRuns, metrics } from "./runs.js";
 import { handleSessions } from "./sessions.js";
 
 /**
@@ -30,6 +30,13 @@ async function takeFault(db, path) {
 
 async function health(c) {
   return json({ status: "ok", worker: c.env.WORKER_NAME || "orchestrator-hub", time: new Date().toISOString() });
+}
+
+/** The web front end's stand-in: what verify-deployment's web check loads. */
+async function home(c) {
+  const name = c.env.WORKER_NAME || "orchestrator-hub";
+  return new Response(`<!doctype html><html><head><title>${name}</title></head><body><h1>${name}</h1></body></html>\n`,
+    { status: 200, headers: { "content-type": "text/html; charset=utf-8" } });
 }
 
 async function ready(c) {
@@ -66,6 +73,7 @@ async function slackHook(c) {
 async function route(c) {
   const path = c.url.pathname;
   const m = c.request.method;
+  if (path === "/" && m === "GET") return home(c);
   if (path === "/api/health" && m === "GET") return health(c);
   if (path === "/api/ready" && m === "GET") return ready(c);
   if (path === "/api/queue" || path.startsWith("/api/queue/")) return handleQueue(c, path.slice("/api/queue".length));
@@ -84,6 +92,7 @@ async function route(c) {
   }
   if (path === "/callbacks/worker" && m === "POST") return handleCallback(c);
   if (path === "/callbacks/replay" && m === "POST") return handleReplay(c);
+  if (path === "/callbacks/events" && m === "GET") return handleEvents(c);
   if (path === "/ops/metrics" && m === "GET") return metrics(c);
   throw new HttpError(404, "not found");
 }

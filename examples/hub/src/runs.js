@@ -159,10 +159,11 @@ export async function handleCallback(c) {
 }
 
 /** Same auth as the worker's /tasks: Bearer TASKS_AUTH_TOKEN, or a queue key. */
+const REPLAY_AUTH = ["TASKS_AUTH_TOKEN", "QUEUE_API_KEY", "ASSISTANT_API_KEY"];
+
 export async function handleReplay(c) {
   const { request, env } = c;
-  const names = ["TASKS_AUTH_TOKEN", "QUEUE_API_KEY", "ASSISTANT_API_KEY"];
-  if (!(await hasKey(request, env, names))) throw new HttpError(401, "unauthorized");
+  if (!(await hasKey(request, env, REPLAY_AUTH))) throw new HttpError(401, "unauthorized");
   const db = c.db;
   const { results } = await db.prepare(
     "SELECT * FROM callback_dead_letters WHERE replayed_at IS NULL ORDER BY id").all();
@@ -191,6 +192,30 @@ export async function handleReplay(c) {
   }
   const left = await db.prepare("SELECT COUNT(*) AS n FROM callback_dead_letters WHERE replayed_at IS NULL").first();
   return json({ replayed, duplicates, failed, remaining: left.n });
+}
+
+/**
+ * The replay guard's records: which eventIds were delivered, when, and by
+ * which path (live|replay). `?event_id=` may repeat (at most 200); without
+ * it the newest 200. Same auth as replay. A runbook compares these before
+ * and after a replay to prove no event was applied twice.
+ */
+export async function handleEvents(c) {
+  const { request, env } = c;
+  if (!(await hasKey(request, env, REPLAY_AUTH))) throw new HttpError(401, "unauthorized");
+  const ids = c.url.searchParams.getAll("event_id").filter((x) => x !== "");
+  if (ids.length > 200) throw new HttpError(400, "invalid request", { reason: "at most 200 event_id values" });
+  const marks = ids.map((_, i) => `?${i + 1}`).join(",");
+  const q = ids.length
+    ? c.db.prepare(`SELECT * FROM job_source_callback_events WHERE event_id IN (${marks}) ORDER BY event_id`)
+      .bind(...ids)
+    : c.db.prepare("SELECT * FROM job_source_callback_events ORDER BY received_at DESC, event_id LIMIT 200");
+  const { results } = await q.all();
+  const items = results.map((e) => ({
+    event_id: e.event_id, run_id: e.run_id, type: e.type, status: e.status, source: e.source,
+    received_at: new Date(e.received_at).toISOString(),
+  }));
+  return json({ count: items.length, items });
 }
 
 // ---------------------------------------------------------------- metrics
@@ -229,7 +254,13 @@ export async function metrics(c) {
     m[o.name] = o.value;
     overridden.push(o.name);
   }
-  m.heartbeat_stale_ratio = ratio(m.runs_without_heartbeat, m.running_runs);
-  m.callback_failed_ratio = ratio(m.callback_events_failed, m.callback_events_total);
+  // The ratios follow their (possibly pinned) inputs unless pinned themselves.
+  const pinned = new Set(overridden);
+  if (!pinned.has("heartbeat_stale_ratio")) {
+    m.heartbeat_stale_ratio = ratio(m.runs_without_heartbeat, m.running_runs);
+  }
+  if (!pinned.has("callback_failed_ratio")) {
+    m.callback_failed_ratio = ratio(m.callback_events_failed, m.callback_events_total);
+  }
   return json({ ...m, overridden, time: new Date(now).toISOString() });
 }
