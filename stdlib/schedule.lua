@@ -22,8 +22,9 @@ function M.render(o)
     return nil, "--every must be a whole number of minutes (at least 1m)"
   end
   local minutes = every // 60
-  local argv = { o.bin or "runbook", "run", o.runbook, "--yes" }
+  local argv = { o.bin or "runbook", "run", o.runbook }
   if o.env then argv[#argv + 1] = "--env" argv[#argv + 1] = o.env end
+  argv[#argv + 1] = "--yes"
   for _, a in ipairs(o.args or {}) do argv[#argv + 1] = a end
   local label = o.label or ("runbook." .. o.runbook .. (o.env and ("." .. o.env) or ""))
   local log = o.log or ("/tmp/" .. label .. ".log")

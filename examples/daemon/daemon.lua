@@ -2,8 +2,12 @@
 -- daemon), small enough to read: it loads its own .env once at start, polls
 -- GET <QUEUE_URL>/api/queue with X-API-Key, records every poll in
 -- <STATE_DIR>/status.json, and reports a failing poll to the notification
--- sink no more often than MIN_NOTIFY_INTERVAL_SEC (default 3600) per kind of
--- failure — so a drifted key means one message an hour, not one per poll.
+-- sink no more often than MIN_NOTIFY_INTERVAL_SEC (default 3600) — so a
+-- drifted key means one message an hour, not one per poll. Every kind of
+-- failure shares one dedup key: a key drift usually arrives with a restart
+-- of the hub (refused connections, then 401s), and that is one incident.
+-- The last-sent time is kept in <STATE_DIR>/daemon.db, so a restarted
+-- daemon does not notify again within the interval either.
 --
 -- Run:  runbook exec examples/daemon/daemon.lua ENV_FILE
 -- Like the real daemon, it reads ENV_FILE only at start: after the key
@@ -68,10 +72,13 @@ while true do
     record(status, what)
     if notify_url then
       local r = notify.send_direct(journal, { url = notify_url, min_interval = min_notify,
-        dedup_key = "daemon-poll:" .. (resp and tostring(status) or "transport"),
+        dedup_key = "daemon-poll-failing",
         text = ("Workers Hub 異常 / %s / %s/api/queue"):format(what, queue_url) })
+      -- an undelivered notification (the channel down too) is retried on the
+      -- next failing poll: notify.send_direct does not count it as sent
       io.stdout:write(("daemon: poll %d failed (%s); notification %s\n"):format(polls, what,
-        r.sent and "sent" or "suppressed"))
+        r.sent and "sent" or (r.suppressed_for and "suppressed")
+          or ("not delivered (" .. tostring(r.error or ("HTTP " .. tostring(r.status))) .. ")")))
     end
   else
     record(200)

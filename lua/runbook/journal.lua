@@ -281,8 +281,9 @@ function J:history(runbook, limit)
 end
 
 ---Notification dedup: may a message with this key be sent now?
----Records the send (or the suppression) in the same transaction.
----@return boolean send, number|nil seconds_until_allowed
+---Records the send (or the suppression) in the same transaction; the third
+---result is the previous send time, for notify_release.
+---@return boolean send, number|nil seconds_until_allowed, number|nil previous_sent_at
 function J:notify_gate(key, min_interval, at)
   at = at or now()
   return self:tx(function()
@@ -293,6 +294,20 @@ function J:notify_gate(key, min_interval, at)
     end
     self:q([[INSERT INTO notifications(key, last_sent_at, sent) VALUES(?,?,1)
       ON CONFLICT(key) DO UPDATE SET last_sent_at=excluded.last_sent_at, sent=sent+1]], key, at)
+    return true, nil, r and r.last_sent_at or nil
+  end)
+end
+
+---Give back a send taken by notify_gate when the message was not delivered
+---(the channel was down): the next attempt is not suppressed because of it.
+---@param previous number|nil  notify_gate's third result
+function J:notify_release(key, previous)
+  return self:tx(function()
+    if previous then
+      self:q("UPDATE notifications SET last_sent_at=?, sent=sent-1 WHERE key=?", previous, key)
+    else
+      self:q("DELETE FROM notifications WHERE key=?", key)
+    end
     return true
   end)
 end
