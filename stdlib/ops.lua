@@ -58,6 +58,26 @@ function M.tasks_token(ctx)
   return M.env_secret(ctx, M.tasks_token_file(ctx), "TASKS_AUTH_TOKEN", "tasks_token_file")
 end
 
+---The worker-callback signing secret: WORKER_CALLBACK_SECRET (or the seed's
+---WORKER_CALLBACK_SIGNING_SECRET) from env.callback_secret_file, else from
+---the local hub's .dev.vars.
+function M.callback_secret(ctx)
+  local path = ctx.env.callback_secret_file
+  if not path then
+    for _, t in ipairs(ctx.env.workers or {}) do
+      if t.backend == "dev_vars" then path = t.path break end
+    end
+  end
+  if path then
+    -- the hub's precedence: WORKER_CALLBACK_SECRET, then the seed's name
+    local doc = secrets.read_env_file(ctx, path, { missing_ok = true })
+    local primary = doc and doc:get("WORKER_CALLBACK_SECRET")
+    local alt = doc and doc:get("WORKER_CALLBACK_SIGNING_SECRET")
+    if (primary == nil or primary == "") and alt and alt ~= "" then return ctx:secret(alt) end
+  end
+  return M.env_secret(ctx, path, "WORKER_CALLBACK_SECRET", "callback_secret_file")
+end
+
 ---The queue key from the canonical env file (seed 000).
 function M.queue_key(ctx)
   return M.env_secret(ctx, ctx.env.canonical, "ASSISTANT_API_KEY", "canonical")

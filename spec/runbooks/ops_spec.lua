@@ -7,6 +7,7 @@ local localenv = require("localenv")
 local cli = require("cli")
 local crypto = require("runbook.crypto")
 local cjson = require("cjson")
+local callbacks = require("stdlib.callbacks")
 
 local MINE = { "verify-deployment", "replay-dead-letters", "retry-failed-run", "check-slos", "daily-checks" }
 
@@ -49,11 +50,19 @@ describe("#hub ops runbooks", function()
 
   -- A callback signed as the worker signs it (seed 003).
   local function callback(event)
-    local body = cjson.encode(event)
-    local ts = tostring(os.time())
-    local sig = crypto.hmac_sha256_hex(L:hub_key("WORKER_CALLBACK_SECRET"), ts .. "." .. body)
-    return L:request("POST", "/callbacks/worker", { body = body, headers = {
-      ["Content-Type"] = "application/json", ["x-worker-timestamp"] = ts, ["x-worker-signature"] = sig } })
+    local body, headers = callbacks.signed(L:hub_key("WORKER_CALLBACK_SECRET"), event)
+    return L:request("POST", "/callbacks/worker", { body = body, headers = headers })
+  end
+
+  -- The replay guard's records for these eventIds: eventId → record.
+  local function events(ids)
+    local q = {}
+    for i, id in ipairs(ids) do q[i] = "event_id=" .. id end
+    local r = get("/callbacks/events?" .. table.concat(q, "&"), bearer())
+    assert.equals(200, r.status, r.body)
+    local by = {}
+    for _, e in ipairs(r.json.items) do by[e.event_id] = e end
+    return by
   end
 
   -- Lines of stdout matching a pattern.
@@ -86,7 +95,9 @@ describe("#hub ops runbooks", function()
   end)
 
   describe("verify-deployment", function()
-    it("checks API, worker and web at once, one line each with its time", function()
+    local function probe_id(out) return "verify-deployment-" .. out:match("| run (%d+%-%d+%-%x+)") end
+
+    it("checks API, worker and web at once, one line each with its time, then callback signing", function()
       local r = L:run({ "run", "verify-deployment" })
       assert.equals(0, r.code, r.stdout .. r.stderr)
       for _, name in ipairs({ "api health", "api readiness", "worker health", "web front end", "ops metrics",
@@ -95,7 +106,39 @@ describe("#hub ops runbooks", function()
         assert.equals(1, #l, name .. " line missing:\n" .. r.stdout)
       end
       assert.matches("6 of 6 checks ok", r.stdout)
+      -- seed 003's callback security, each refusal reported with the hub's reason
+      assert.matches("ok   bad signature refused +401 %d+ ms  invalid signature", r.stdout)
+      assert.matches("ok   stale timestamp refused +401 %d+ ms  timestamp outside tolerance", r.stdout)
+      assert.matches("ok   signed callback accepted +200 %d+ ms", r.stdout)
+      assert.matches("ok   replayed eventId refused +409 %d+ ms  eventId verify%-deployment%-%S+ already delivered", r.stdout)
+      local id = probe_id(r.stdout)
+      assert.equals("live", events({ id })[id].source)
       assert_absent(L.key, outputs(r))
+      assert_absent(L:hub_key("WORKER_CALLBACK_SECRET"), outputs(r))
+    end)
+
+    it("--dry-run sends no callback", function()
+      local r = L:run({ "run", "verify-deployment", "--dry-run" })
+      assert.equals(0, r.code, r.stdout .. r.stderr)
+      assert.matches("6 of 6 checks ok", r.stdout)
+      assert.matches("signed callback accepted: not sent %(dry%-run%)", r.stdout)
+      assert.same({}, events({ probe_id(r.stdout) }))
+    end)
+
+    it("reports a signing secret that differs from the Worker's", function()
+      -- the running hub keeps the secret it started with; the file the
+      -- runbook reads now holds another one (drift)
+      local path = L.dir .. "/hub-src/.dev.vars"
+      local saved = cli.slurp(path)
+      local other = crypto.random_hex(16)
+      assert(require("stdlib.dotenv").update(path, { WORKER_CALLBACK_SECRET = other }))
+      local r = L:run({ "run", "verify-deployment" })
+      assert(require("runbook.fs").write_atomic(path, saved, { mode = tonumber("600", 8) }))
+      assert.equals(1, r.code, r.stdout .. r.stderr)
+      assert.matches("ok   bad signature refused", r.stdout)
+      assert.matches("FAIL signed callback accepted: HTTP 401 invalid signature, expected 200", r.stdout)
+      assert.matches("callback_secret_file differs from the Worker's", r.stdout)
+      assert_absent(other, outputs(r))
     end)
 
     it("names the readiness check when /api/ready fails and passes the others", function()
@@ -139,16 +182,6 @@ describe("#hub ops runbooks", function()
       } })
       assert.equals(3, open_letters())
       assert.equals("RUNNING", run_of("r1").status)
-    end
-
-    local function events(ids)
-      local q = {}
-      for i, id in ipairs(ids) do q[i] = "event_id=" .. id end
-      local r = get("/callbacks/events?" .. table.concat(q, "&"), bearer())
-      assert.equals(200, r.status, r.body)
-      local by = {}
-      for _, e in ipairs(r.json.items) do by[e.event_id] = e end
-      return by
     end
 
     it("replays, the count drops, the duplicate is reported and not applied twice", function()
