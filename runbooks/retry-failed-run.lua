@@ -19,7 +19,7 @@ end
 local function fetch_run(ctx, id, fixture)
   local url = run_url(ctx, id)
   local resp, err = ctx:try_http({ url = url, timeout = 10, fixture = fixture })
-  if not resp then ctx:fail("GET %s: %s", url, err) end
+  if not resp then ctx:fail("%s", err) end
   if resp.status == 404 then ctx:fail("run %s not found on %s (check the id: GET /api/job-sources/runs?status=FAILED)", id, ctx:get("base")) end
   if resp.status ~= 200 then ctx:fail("GET %s answered HTTP %d: %s", url, resp.status, ops.reason(resp)) end
   local run = ops.json(ctx, resp, "GET " .. url).run

@@ -129,7 +129,7 @@ end
 function M.dead_letters(ctx, base, o)
   local url = base .. "/api/admin/dead-letters"
   local resp, err = ctx:try_http({ url = url, timeout = 10, fixture = o and o.fixture })
-  if not resp then ctx:fail("GET %s: %s", url, err) end
+  if not resp then ctx:fail("%s", err) end
   if resp.status == 200 then
     local body = M.json(ctx, resp, "GET " .. url)
     return { count = body.count, items = body.items, source = "admin list" }
@@ -153,7 +153,7 @@ function M.delivered(ctx, base, token, ids, o)
     local url = base .. "/callbacks/events?" .. table.concat(q, "&")
     local resp, err = ctx:try_http({ url = url, timeout = 10,
       headers = { Authorization = "Bearer " .. token }, fixture = (o and o.fixture) or { status = 200, json = { count = 0, items = {} } } })
-    if not resp then ctx:fail("GET %s/callbacks/events: %s", base, err) end
+    if not resp then ctx:fail("%s", err) end
     if resp.status ~= 200 then
       ctx:fail("GET %s/callbacks/events answered HTTP %d: %s", base, resp.status, M.reason(resp))
     end

@@ -107,7 +107,7 @@ function M.metrics(ctx, base, o)
   local url = base .. "/ops/metrics"
   local resp, err = ctx:try_http({ url = url, timeout = (o and o.timeout) or 10,
     fixture = (o and o.fixture) or M.FIXTURE })
-  if not resp then ctx:fail("GET %s: %s; is the hub up? (runbook run verify-deployment)", url, err) end
+  if not resp then ctx:fail("%s; is the hub up? (runbook run verify-deployment)", err) end
   if resp.status ~= 200 then
     ctx:fail("GET %s answered HTTP %d: %s", url, resp.status, (resp.body or ""):sub(1, 120):gsub("%c", " "))
   end
