@@ -91,7 +91,8 @@ return rb.runbook {
         -- once per day and level: crossing 80 % and later 100 % are two messages
         local r = notify.send(ctx, { url = ctx.env.notify_url, text = text, min_interval = 86400,
           dedup_key = ("kv-usage:%s:%s:%s"):format(ctx.env.name, tostring(ctx:get("day")), level) })
-        ctx:set("notified", r.sent and "sent" or (r.suppressed_for and "suppressed") or ("failed: HTTP " .. tostring(r.status)))
+        ctx:set("notified", r.sent and "sent" or (r.suppressed_for and "suppressed")
+          or ("not delivered: " .. (r.error or ("HTTP " .. tostring(r.status)))))
       end,
       verify = {
         rb.check("the notification was taken, or already sent today", function(ctx)

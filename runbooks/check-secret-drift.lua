@@ -121,7 +121,7 @@ return rb.runbook {
         elseif r.suppressed_for then
           ctx:set("notified", "suppressed")
         else
-          ctx:set("notified", "failed: HTTP " .. tostring(r.status))
+          ctx:set("notified", "not delivered: " .. (r.error or ("HTTP " .. tostring(r.status))))
         end
       end,
       verify = {

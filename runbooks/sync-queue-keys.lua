@@ -51,7 +51,7 @@ return rb.runbook {
       end,
       verify = {
         rb.check("every readable Worker target holds the key in both secrets", function(ctx)
-          return keysync.all_equal(ctx, ctx:get("key"))
+          return keysync.workers_equal(ctx, ctx:get("key"))
         end),
         rb.check("every Worker target lists ASSISTANT_API_KEY and QUEUE_API_KEY", function(ctx)
           return keysync.all_listed(ctx)

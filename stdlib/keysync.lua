@@ -169,12 +169,12 @@ end
 ---Print a plan, one holder per line.
 function M.log_plan(ctx, plan)
   for _, w in ipairs(plan.workers) do
-    ctx:log("%-44s %-6s %s", w.label, w.action == "put" and "put" or "equal", w.why)
+    ctx:log("%-44s %-13s %s", w.label, w.action == "put" and "put" or "equal", w.why)
   end
   local d = plan.daemon
   if d then
     local action = d.write_env and "write+restart" or (d.restart and "restart" or "equal")
-    ctx:log("%-44s %-6s %s", "daemon (" .. ctx.env.daemon.env_file .. ")", action, d.why)
+    ctx:log("%-44s %-13s %s", "daemon (" .. ctx.env.daemon.env_file .. ")", action, d.why)
   end
 end
 
@@ -187,7 +187,8 @@ function M.put_workers(ctx, key, plan)
   for _, w in ipairs(plan.workers) do
     if w.action == "put" then
       secrets.put(ctx, w.target, { ASSISTANT_API_KEY = key, QUEUE_API_KEY = key })
-      ctx:log("%s: ASSISTANT_API_KEY and QUEUE_API_KEY set to %s", w.label, M.fp(key))
+      ctx:log("%s: ASSISTANT_API_KEY and QUEUE_API_KEY %s %s", w.label,
+        ctx.mode == "run" and "set to" or "would be set to", M.fp(key))
       done[#done + 1] = w.label
     else
       ctx:log("%s: already holds %s; left alone", w.label, M.fp(key))
@@ -229,14 +230,23 @@ function M.sync_daemon(ctx, key, plan)
   return true
 end
 
----Whether every readable holder now equals `key` (the plan recomputed).
+---Whether every Worker target whose values can be read holds `key` in both
+---secrets (the plan recomputed).
 ---@return boolean ok, string|nil why
-function M.all_equal(ctx, key)
-  local p = M.plan(ctx, key)
-  for _, w in ipairs(p.workers) do
+function M.workers_equal(ctx, key)
+  for _, w in ipairs(M.plan(ctx, key).workers) do
     if w.target.backend ~= "wrangler" and w.action ~= "equal" then return false, w.label .. ": " .. w.why end
   end
-  if p.daemon and p.daemon.restart then return false, p.daemon.why end
+  return true
+end
+
+---Whether every readable holder, the daemon included, now uses `key`.
+---@return boolean ok, string|nil why
+function M.all_equal(ctx, key)
+  local ok, why = M.workers_equal(ctx, key)
+  if not ok then return false, why end
+  local d = M.plan(ctx, key).daemon
+  if d and d.restart then return false, d.why end
   return true
 end
 

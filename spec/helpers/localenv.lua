@@ -197,4 +197,22 @@ function M.drift_hub(self, new_key)
   return new_key
 end
 
+---Change the daemon's key behind the tool's back (its .env) and restart it;
+---returns once the new process polls with that key.
+function M.drift_daemon(self, new_key)
+  local crypto = require("runbook.crypto")
+  new_key = new_key or crypto.random_hex(32)
+  assert(require("stdlib.dotenv").update(self.dir .. "/daemon/.env", { ASSISTANT_API_KEY = new_key }))
+  local r = proc().run({ argv = { cli.bin, "exec", ROOT .. "/examples/daemon/daemonctl.lua", "restart",
+    self.dir .. "/daemon/sup" }, timeout = 60 })
+  assert(r.code == 0, "daemon restart failed: " .. tostring(r.stderr))
+  local want, t_end = crypto.fingerprint(new_key), term().monotonic() + 60
+  while term().monotonic() < t_end do
+    local s = M.daemon_status(self)
+    if s and s.key_fingerprint == want then return new_key end
+    term().sleep(0.1)
+  end
+  error("localenv: the restarted daemon never polled with the new key", 0)
+end
+
 return M

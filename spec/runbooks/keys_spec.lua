@@ -177,6 +177,28 @@ describe("#hub queue key runbooks", function()
     assert.matches("skip +Sync the canonical key", r.stdout)
   end)
 
+  it("a drifted daemon: check-secret-drift names its env and process, a new state notifies, sync restarts it", function()
+    local pid = L:daemon_status().pid
+    local dk = L:drift_daemon()
+    keys[#keys + 1] = dk
+    assert.not_equals(pid, L:daemon_status().pid)
+    local r = run({ "run", "check-secret-drift" })
+    assert.equals(1, r.code, r.stdout .. r.stderr)
+    local list = r.stdout:match("drifted holders: ([^\n]*)")
+    assert.matches("^daemon env %([^;]*%); daemon process %(pid %d+%)$", list)
+    -- a different drift state is a different report
+    assert.equals(2, notes("secret-drift:"))
+    r = run({ "run", "sync-queue-keys", "--yes" })
+    assert.equals(0, r.code, r.stdout .. r.stderr)
+    assert.matches("daemon %([^\n]*write%+restart +daemon env has " .. crypto.fingerprint(dk), r.stdout)
+    assert.matches("daemonctl%.lua restart", r.stdout)
+    assert.matches("already holds sha256:%x+; left alone", r.stdout)
+    assert.equals(L.key, L:daemon_key())
+    local s = L:daemon_status()
+    assert.equals(crypto.fingerprint(L.key), s.key_fingerprint)
+    assert.equals(0, run({ "run", "check-secret-drift" }).code)
+  end)
+
   it("recover-queue-401 names a wrong wrangler account when the sync did not help", function()
     local prod = crypto.random_hex(32)
     keys[#keys + 1] = prod
