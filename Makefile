@@ -108,9 +108,11 @@ hub-deps:
 # ---------------------------------------------------------------- tests
 # The specs run inside the runbook binary itself (`runbook exec`), so they
 # exercise the real embedded modules and C host.  RUNBOOK_BIN tells specs
-# which binary to spawn for end-to-end checks.
+# which binary to spawn for end-to-end checks.  `make test` works on a fresh
+# machine: it installs what is missing first (a second of checking otherwise).
 BUSTED_ARGS ?=
-test: all
+test: deps
+	$(Q)$(MAKE) --no-print-directory all
 	$(Q)RUNBOOK_BIN=$(abspath $(BIN)) ./$(BIN) exec spec/helpers/busted.lua $(BUSTED_ARGS)
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
