@@ -219,6 +219,16 @@ describe("#hub queue key runbooks", function()
     outputs[#outputs + 1] = log
   end)
 
+  it("check-secret-drift on deployed Workers: names listed, and a queue refusing the canonical key is drift", function()
+    -- production's canonical key (set by the previous test) is not what the queue serves
+    local r = run({ "run", "check-secret-drift", "--env", "production", "--yes" })
+    assert.equals(1, r.code, r.stdout .. r.stderr)
+    assert.matches("orchestrator%-hub %-%-env production +listed +listed", r.stdout)
+    local list = r.stdout:match("drifted holders: ([^\n]*)")
+    assert.equals("served by " .. L.url .. "/api/queue", list)
+    assert.matches("has no notify_url", r.stdout)
+  end)
+
   it("recover-queue-401 names a wrong URL/environment when the Worker there is another one", function()
     local text = cli.slurp(L.project)
     local patched = text:gsub("url = url, protected = true,", 'url = url, protected = true, worker_name = "orchestrator-hub-canary",', 1)
