@@ -33,6 +33,8 @@ end
 return rb.runbook {
   name = "check-kv-usage",
   summary = "Today's KV operations against the Free plan's daily limits: notify once at 80 %, fail at 100 %",
+  -- reads and notifies only: no confirmation on a protected environment
+  read_only = true,
   envs = { "local" },
   params = {
     { name = "threshold", type = "number", default = 80, min = 1, max = 100,

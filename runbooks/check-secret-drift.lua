@@ -31,6 +31,8 @@ end
 return rb.runbook {
   name = "check-secret-drift",
   summary = "Inventory every holder of the queue key, probe with each distinct key, report drift once",
+  -- reads and notifies only: no confirmation on a protected environment
+  read_only = true,
   params = {
     { name = "min_notify_interval", type = "duration", default = "1h",
       help = "the same drift is reported at most once per this interval" },

@@ -30,6 +30,8 @@ for i, t in ipairs(slo.THRESHOLDS) do checks[i] = check_threshold(t) end
 return rb.runbook {
   name = "check-slos",
   summary = "Evaluate the SLO alert thresholds on /ops/metrics; exit 1 and notify once on a breach",
+  -- reads and notifies only: no confirmation on a protected environment
+  read_only = true,
   params = {
     { name = "url", type = "url", help = "API base URL (default: the environment's url)" },
     { name = "notify_interval", type = "duration", default = "6h",

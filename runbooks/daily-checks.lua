@@ -117,6 +117,8 @@ end
 return rb.runbook {
   name = "daily-checks",
   summary = "The daily monitoring checklist: health, readiness, SLOs, backlog, dead letters, stale runs, sessions",
+  -- reads and notifies only: no confirmation on a protected environment
+  read_only = true,
   params = {
     { name = "max_backlog", type = "int", default = 10, min = 0, help = "pending queue tasks allowed" },
     { name = "max_dead_letters", type = "int", default = 0, min = 0, help = "open callback dead letters allowed" },

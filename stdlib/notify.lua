@@ -15,7 +15,7 @@ function M.send(ctx, o)
   local key = o.dedup_key or o.text
   local interval = o.min_interval or M.DEFAULT_INTERVAL
   if ctx.mode ~= "run" then
-    local resp = ctx:post(o.url, "{}", { simulate = { status = 200 } })
+    local resp = ctx:post(o.url, "{}", { simulate = { status = 200 }, notification = true })
     return { sent = false, simulated = true, status = resp.status }
   end
   local ok, wait, prev = ctx._J:notify_gate(key, interval)
@@ -24,8 +24,8 @@ function M.send(ctx, o)
     return { sent = false, suppressed_for = wait }
   end
   local cjson = require("cjson")
-  local resp, err = ctx:try_http({ method = "POST", url = o.url, body = cjson.encode({ text = o.text, dedup_key = key }),
-    headers = { ["Content-Type"] = "application/json" }, timeout = 10 })
+  local resp, err = ctx:try_http({ method = "POST", url = o.url, notification = true,
+    body = cjson.encode({ text = o.text, dedup_key = key }), headers = { ["Content-Type"] = "application/json" }, timeout = 10 })
   local sent = resp ~= nil and resp.status >= 200 and resp.status < 300
   -- an undelivered message does not count against the interval
   if not sent then ctx._J:notify_release(key, prev) end

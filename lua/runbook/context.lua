@@ -185,6 +185,18 @@ function Ctx:_simulate(kind, summary, result)
   return result
 end
 
+-- A runbook that says read_only = true never writes: a write it attempts
+-- (in any mode) fails the step, so the promise that let it skip the
+-- protected-environment confirmation is kept. Notifications (stdlib.notify,
+-- `notification = true` on the request) are allowed: they change nothing in
+-- the target environment.
+function Ctx:_guard_write(summary, notification)
+  if self.def.read_only and not notification then
+    raise("failed", ("read-only runbook refused a write: %s (remove read_only = true if it must change things)")
+      :format(redact.mask(summary)))
+  end
+end
+
 function Ctx:_effect(kind, summary)
   emit(self, { event = "effect", kind = kind, summary = redact.mask(summary), simulated = false })
   self:_note_output(summary)
@@ -263,6 +275,7 @@ function Ctx:try_http(req)
   req.method = (req.method or "GET"):upper()
   local read = req.effect == "read" or (req.effect == nil and is_read_method(req.method))
   local summary = req.method .. " " .. req.url
+  if not read then self:_guard_write(summary, req.notification) end
   if self.offline or (self.dry_run and not read) then
     local fx = fixture_for(self, req.method .. " " .. req.url, req.fixture or (not read and req.simulate) or nil)
     if read and fx == nil then
@@ -279,7 +292,7 @@ function Ctx:try_http(req)
   local http = require("runbook.http")
   local r = {}
   for k, v in pairs(req) do r[k] = v end
-  r.effect, r.fixture, r.simulate, r.retry, r.expect = nil, nil, nil, nil, nil
+  r.effect, r.fixture, r.simulate, r.retry, r.expect, r.notification = nil, nil, nil, nil, nil, nil
   if not read then self:_effect("http", summary) end
   local policy = retry_policy(req.retry, read)
   local resp, err, code, tries
@@ -348,6 +361,7 @@ function Ctx:batch(reqs, o)
   for i, req in ipairs(reqs) do
     req.method = (req.method or "GET"):upper()
     local read = req.effect == "read" or (req.effect == nil and is_read_method(req.method))
+    if not read then self:_guard_write(req.method .. " " .. req.url, req.notification) end
     if self.offline or (self.dry_run and not read) then
       local ok, resp, err, code = pcall(self.try_http, self, req)
       if not ok then
@@ -358,7 +372,7 @@ function Ctx:batch(reqs, o)
     else
       local r = {}
       for k, v in pairs(req) do r[k] = v end
-      r.effect, r.fixture, r.simulate = nil, nil, nil
+      r.effect, r.fixture, r.simulate, r.retry, r.expect, r.notification = nil, nil, nil, nil, nil, nil
       r.timeout = self:_timeout(req.timeout or 30)
       if not read then self:_effect("http", req.method .. " " .. req.url) end
       live[#live + 1] = r
@@ -396,6 +410,7 @@ function Ctx:run(argv, o)
       raise("failed", "refusing to run " .. argv[1] .. ": a secret is in its arguments; pass it on stdin or in env")
     end
   end
+  if not o.read then self:_guard_write(summary) end
   if self.offline or (self.dry_run and not o.read) then
     local fx = o.fixture or fixture_for(self, "run " .. table.concat(argv, " "), nil)
     if o.read and fx == nil then
@@ -449,6 +464,7 @@ end
 ---Atomically write a file (a write: simulated outside run mode).
 function Ctx:write_file(path, data, o)
   local summary = ("write %s (%d bytes)"):format(path, #data)
+  self:_guard_write(summary)
   if self.mode ~= "run" then return self:_simulate("write_file", summary, true) end
   self:_effect("write_file", summary)
   local fs = require("runbook.fs")

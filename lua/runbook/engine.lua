@@ -200,7 +200,10 @@ function M.run(o)
     ask = o.ask, values = stored_values, secret_keys = secret_keys })
 
   -- protected environments: typed confirmation before anything runs
-  if mode == "run" and env.protected then
+  if mode == "run" and env.protected and def.read_only then
+    emit({ event = "notice", t = now(), level = "info", message = ("'%s' is protected; %s is read-only (any write fails), so no confirmation is asked")
+      :format(env.name, def.name) })
+  elseif mode == "run" and env.protected then
     local ok, why = ctx:confirm(("%s will change the protected environment '%s' (%s)."):format(
       def.name, env.name, env.target), env.name)
     if not ok then

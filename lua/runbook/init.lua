@@ -81,6 +81,7 @@ function M.runbook(def)
     end
   end
   if def.envs ~= nil and type(def.envs) ~= "table" then bad(name, "envs must be a list of names") end
+  if def.read_only ~= nil and type(def.read_only) ~= "boolean" then bad(name, "read_only must be true or false") end
   def.kind = "runbook"
   return def
 end

@@ -157,6 +157,26 @@ describe("engine", function()
     assert.equals(0, r.code, r.stdout .. r.stderr)
   end)
 
+  it("a read-only runbook needs no confirmation on a protected environment, and any write it tries fails", function()
+    local pf = dir .. "/runbook.lua"
+    local f = assert(io.open(pf, "w"))
+    f:write('return { default_env = "prod", environments = { prod = { url = "http://127.0.0.1:9", protected = true } } }')
+    f:close()
+    f = assert(io.open(dir .. "/in", "w")); f:write("data"); f:close()
+    local r = cli.run({ "run", "readonly", "-p", "dir=" .. dir, "--journal", journal_of(dir) },
+      { env_add = { RUNBOOK_PROJECT = pf } })
+    assert.equals(0, r.code, r.stdout .. r.stderr)
+    assert.matches("read%-only %(any write fails%), so no confirmation is asked", r.stdout)
+    for _, mode in ipairs({ {}, { "--dry-run" } }) do
+      local args = { "run", "readonly", "-p", "dir=" .. dir, "-p", "write=true", "--journal", journal_of(dir) }
+      for _, m in ipairs(mode) do args[#args + 1] = m end
+      r = cli.run(args, { env_add = { RUNBOOK_PROJECT = pf } })
+      assert.equals(1, r.code, r.stdout .. r.stderr)
+      assert.matches("read%-only runbook refused a write: write .*/out", r.stdout)
+      assert.is_false(cli.exists(dir .. "/out"))
+    end
+  end)
+
   it("--offline performs no writes and needs no network", function()
     local log = dir .. "/record.log"
     local r = cli.run({ "run", "spy", "--offline", "-p", "url=http://127.0.0.1:9", "-p", "dir=" .. dir,
