@@ -175,6 +175,11 @@ function M.run(o)
   emit({ event = "run_start", t = now(), run_id = run_id, runbook = def.name, summary = def.summary,
     env = env.name, target = redact.mask(env.target), mode = mode,
     params = params_mod.redacted(def.params, values), total = #def.steps,
+    steps = (function()
+      local t = {}
+      for i, st in ipairs(def.steps) do t[i] = redact.mask(st.title) end
+      return t
+    end)(),
     resumed_from = resumed and run_id or nil })
   if holder then
     emit({ event = "notice", t = now(), level = "warn", message = ("took over the lock of run %s (pid %d on %s is no longer running)"):format(

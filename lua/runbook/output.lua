@@ -452,7 +452,7 @@ local function collect(self, ev)
   local e = ev.event
   if e == "run_start" then
     run = { runbook = ev.runbook, run_id = ev.run_id, env = ev.env, target = ev.target, mode = ev.mode,
-      t = ev.t, cases = {}, by_index = {} }
+      t = ev.t, cases = {}, by_index = {}, steps = ev.steps, resumed = ev.resumed_from ~= nil }
     runs[#runs + 1] = run
     return
   end
@@ -492,6 +492,20 @@ local function collect(self, ev)
       run.cases[#run.cases + 1] = { title = "run refused", status = "failed", error = ev.error or "refused",
         out = {}, failed_checks = {}, duration = 0, unnumbered = true }
     end
+    -- every step of the runbook is a testcase, also the ones this attempt
+    -- never reached (after a failure) or did not need (done before a resume)
+    local first = math.huge
+    for idx in pairs(run.by_index) do first = math.min(first, idx) end
+    for i, title in ipairs(run.steps or {}) do
+      if not run.by_index[i] then
+        local why = (run.resumed and i < first) and "done in an earlier attempt of this run"
+          or ("not reached: the run stopped " .. (ev.failed_step and ("at step " .. ev.failed_step) or "before it"))
+        local c = { index = i, title = title, status = "skipped", error = why, out = {}, failed_checks = {}, duration = 0 }
+        run.by_index[i] = c
+        run.cases[#run.cases + 1] = c
+      end
+    end
+    table.sort(run.cases, function(a, b) return (a.index or 0) < (b.index or 0) end)
   end
 end
 

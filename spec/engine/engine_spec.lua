@@ -54,9 +54,13 @@ describe("engine", function()
     local j = journal_of(dir)
     cli.slurp(dir) -- no-op: dir exists
     assert(io.open(dir .. "/fail", "w")):close()
-    local r = cli.run({ "run", "steps3", "-p", "dir=" .. dir, "--journal", j })
+    local r = cli.run({ "run", "steps3", "-p", "dir=" .. dir, "--journal", j, "--junit", dir .. "/1.xml" })
     assert.equals(1, r.code)
     assert.matches("flag file .*/fail is present", r.stdout)
+    -- JUnit: every step is a testcase, the one never reached too
+    local x = cli.slurp(dir .. "/1.xml")
+    assert.matches('tests="3" failures="1" errors="0" skipped="1"', x)
+    assert.matches('name="03 [^"]*"[^>]*>%s*<skipped message="not reached: the run stopped at step 2"/>', x)
     assert.matches("remove the fail file and resume", r.stdout)
     local run_id = r.stdout:match("runbook resume (%d+%-%d+%-%x+)")
     assert.is_truthy(run_id)
@@ -64,8 +68,11 @@ describe("engine", function()
     assert.is_false(cli.exists(dir .. "/done"))
 
     os.remove(dir .. "/fail")
-    r = cli.run({ "resume", run_id, "--journal", j })
+    r = cli.run({ "resume", run_id, "--journal", j, "--junit", dir .. "/2.xml" })
     assert.equals(0, r.code, r.stdout .. r.stderr)
+    x = cli.slurp(dir .. "/2.xml")
+    assert.matches('tests="3" failures="0" errors="0" skipped="1"', x)
+    assert.matches('name="01 [^"]*"[^>]*>%s*<skipped message="done in an earlier attempt of this run"/>', x)
     assert.equals("1", cli.slurp(dir .. "/first"))   -- step 1 not re-run
     assert.equals("2", cli.slurp(dir .. "/second"))  -- step 2 re-run once
     assert.equals("yes", cli.slurp(dir .. "/done"))
