@@ -46,7 +46,7 @@ BIN ?= runbook
 OBJ := $(patsubst host/%.c,$(B)/obj/%.o,$(BIN_C)) $(B)/obj/embed.o
 SOS := $(foreach m,$(MODS),$(B)/mod/runbook/$(m)/core.so)
 
-.PHONY: all deps test asan lint bench clean help demo check-c hub-deps valgrind
+.PHONY: all deps test asan lint bench clean help demo check-c hub-deps valgrind fuzz
 
 all: $(BIN) $(SOS)
 
@@ -78,7 +78,7 @@ $(B)/obj:
 # ---------------------------------------------------------------- deps
 DEB_PKGS := lua5.4 liblua5.4-dev lua-cjson lua-argparse lua-busted lua-check \
 	libcurl4-openssl-dev libssl-dev libsqlite3-dev sqlite3 pkg-config gcc make \
-	curl openssl ca-certificates valgrind wrk hyperfine nginx-light procps
+	curl openssl ca-certificates valgrind wrk hyperfine nginx-light procps clang libclang-rt-dev
 # Node.js for the local hub: any install that provides node >= 18 and npm
 # counts (NodeSource's nodejs bundles npm and conflicts with Debian's npm).
 NODE_PKGS := nodejs npm
@@ -130,6 +130,40 @@ valgrind: all
 check-c:
 	$(Q)$(MAKE) --no-print-directory B=build/werror BIN=build/werror/runbook CFLAGS="-O2 -Werror" all
 
+# libFuzzer harnesses (host/fuzz/NAME.c; each includes the module it fuzzes
+# and checks invariants, see docs/FUZZ.md), built with clang into
+# build/fuzz/; each runs FUZZ_SECONDS on a copy of its committed corpus
+# host/fuzz/corpus/NAME (new inputs go to build/fuzz/corpus/NAME).  A crash,
+# a sanitizer report or a broken invariant fails the target; the input is
+# left in build/fuzz/NAME-crash-*.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 20
+FUZZ_FLAGS   := -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	-fno-omit-frame-pointer $(WARN) -DRUNBOOK_VERSION='"$(VERSION)"'
+FUZZ_NAMES   := $(patsubst host/fuzz/%.c,%,$(wildcard host/fuzz/*.c))
+FUZZ_BINS    := $(addprefix build/fuzz/,$(FUZZ_NAMES))
+FUZZ_LIBS_http   := $(CURL_LIBS)
+FUZZ_LIBS_crypto := $(SSL_LIBS)
+FUZZ_LIBS_sqlite := $(SQL_LIBS)
+
+$(FUZZ_BINS): build/fuzz/%: host/fuzz/%.c $(wildcard host/*.c) host/host.h
+	@mkdir -p $(dir $@)
+	@command -v $(FUZZ_CC) >/dev/null || { echo "fuzz: $(FUZZ_CC) not found (make deps installs clang)" >&2; exit 1; }
+	@echo "  FUZZ  $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(LUA_CFLAGS) -Ihost -o $@ $< host/errors.c $(FUZZ_LIBS_$*) $(LUA_LIBS)
+
+fuzz: $(FUZZ_BINS)
+	$(Q)for t in $(FUZZ_NAMES); do \
+	  mkdir -p build/fuzz/corpus/$$t; \
+	  dict=; [ -f host/fuzz/$$t.dict ] && dict=-dict=host/fuzz/$$t.dict; \
+	  echo "  RUN   $$t for $(FUZZ_SECONDS) s"; \
+	  build/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	    $$dict -artifact_prefix=build/fuzz/$$t- build/fuzz/corpus/$$t host/fuzz/corpus/$$t \
+	    >build/fuzz/$$t.log 2>&1 || { tail -n 30 build/fuzz/$$t.log; \
+	    echo "fuzz: $$t failed (input: build/fuzz/$$t-*, log: build/fuzz/$$t.log)" >&2; exit 1; }; \
+	  grep -h '^stat::number_of_executed_units' build/fuzz/$$t.log | sed "s/^stat::number_of_executed_units: */        $$t: /; s/$$/ runs, no failure/"; \
+	done
+
 lint: check-c
 	luacheck --quiet lua stdlib runbooks spec bench examples .ci --exclude-files 'examples/hub/node_modules/**'
 
@@ -151,6 +185,7 @@ help:
 	@echo "make test   run the specs (busted inside ./runbook)"
 	@echo "make asan   the same specs on an ASan+UBSan build"
 	@echo "make lint   luacheck + C warnings as errors"
+	@echo "make fuzz   libFuzzer harnesses of the C parsers, FUZZ_SECONDS each (default 20)"
 	@echo "make bench  benchmarks against curl / lua / wrk (writes docs/BENCH.md)"
 	@echo "make valgrind  the host under valgrind: no definite leak, no memory error"
 	@echo "make demo   build, start the local hub, rotate its queue key"

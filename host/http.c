@@ -557,8 +557,32 @@ static const char *trim(const char *p, const char *end, const char **out_end) {
   return p;
 }
 
+/* Append v (already trimmed) to a header value: an empty piece adds
+ * nothing, so "a, " or a value starting with a space never appears. */
+static void join_value(lua_State *L, int t, int name, const char *v, size_t vlen, const char *sep) {
+  lua_pushvalue(L, name);
+  lua_rawget(L, t);
+  if (lua_isnil(L, -1) || lua_rawlen(L, -1) == 0) {
+    lua_pop(L, 1);
+    lua_pushlstring(L, v, vlen);
+  } else if (vlen == 0) {
+    lua_pop(L, 1);
+    return;
+  } else {
+    lua_pushstring(L, sep);
+    lua_pushlstring(L, v, vlen);
+    lua_concat(L, 3);
+  }
+  lua_pushvalue(L, name);
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
+
 /* Push the headers table: names lower-cased, repeated names joined with
- * ", ", obsolete line folding appended to the previous value. */
+ * ", ", obsolete line folding appended to the previous value.  A line that
+ * is not "token: value" (no colon, an empty name, a space or a control byte
+ * in the name) is ignored, and so are folded lines after it; whitespace
+ * before the colon, which servers are not supposed to send, is dropped. */
 static void push_headers(lua_State *L, const buf_t *b) {
   int lines = 0;
   for (const char *q = b->data; q != NULL && (q = memchr(q, '\n', b->len - (size_t)(q - b->data))) != NULL; q++)
@@ -567,7 +591,8 @@ static void push_headers(lua_State *L, const buf_t *b) {
   int t = lua_gettop(L);
   lua_pushnil(L); /* last name seen, for folded lines */
   int last = t + 1;
-  const char *p = b->data, *end = b->data + b->len;
+  /* no header line at all leaves data NULL: no arithmetic on it */
+  const char *p = b->data, *end = b->data != NULL ? b->data + b->len : NULL;
   int first = 1;
   while (p != NULL && p < end) {
     const char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -579,26 +604,29 @@ static void push_headers(lua_State *L, const buf_t *b) {
       continue;
     }
     const char *ve;
-    if ((*p == ' ' || *p == '\t') && !lua_isnil(L, last)) {
-      const char *v = trim(p, le, &ve);
-      lua_pushvalue(L, last);
-      lua_rawget(L, t);
-      lua_pushliteral(L, " ");
-      lua_pushlstring(L, v, (size_t)(ve - v));
-      lua_concat(L, 3);
-      lua_pushvalue(L, last);
-      lua_insert(L, -2);
-      lua_rawset(L, t);
+    if (*p == ' ' || *p == '\t') {
+      if (!lua_isnil(L, last)) {
+        const char *v = trim(p, le, &ve);
+        join_value(L, t, last, v, (size_t)(ve - v), " ");
+      }
       p = next;
       continue;
     }
     const char *colon = memchr(p, ':', (size_t)(le - p));
-    if (colon == NULL || colon == p) {
+    const char *ne = colon;
+    while (ne != NULL && ne > p && (ne[-1] == ' ' || ne[-1] == '\t'))
+      ne--;
+    int ok = ne != NULL && ne > p;
+    for (const char *q = p; ok && q < ne; q++)
+      ok = is_tchar((unsigned char)*q);
+    if (!ok) {
+      lua_pushnil(L);
+      lua_replace(L, last);
       p = next;
       continue;
     }
     char lower[64];
-    size_t nlen = (size_t)(colon - p);
+    size_t nlen = (size_t)(ne - p);
     if (nlen <= sizeof lower) {
       for (size_t i = 0; i < nlen; i++)
         lower[i] = (char)tolower((unsigned char)p[i]);
@@ -606,25 +634,13 @@ static void push_headers(lua_State *L, const buf_t *b) {
     } else {
       luaL_Buffer nb;
       luaL_buffinit(L, &nb);
-      for (const char *q = p; q < colon; q++)
+      for (const char *q = p; q < ne; q++)
         luaL_addchar(&nb, (char)tolower((unsigned char)*q));
       luaL_pushresult(&nb);
     }
     lua_replace(L, last);
     const char *v = trim(colon + 1, le, &ve);
-    lua_pushvalue(L, last);
-    lua_rawget(L, t);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
-      lua_pushlstring(L, v, (size_t)(ve - v));
-    } else {
-      lua_pushliteral(L, ", ");
-      lua_pushlstring(L, v, (size_t)(ve - v));
-      lua_concat(L, 3);
-    }
-    lua_pushvalue(L, last);
-    lua_insert(L, -2);
-    lua_rawset(L, t);
+    join_value(L, t, last, v, (size_t)(ve - v), ", ");
     p = next;
   }
   lua_pop(L, 1);

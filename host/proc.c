@@ -60,7 +60,9 @@ extern char **environ;
 #define DEFAULT_STOP_GRACE 5.0 /* Process:stop() */
 #define CLOSE_GRACE 1.0        /* Process __gc/__close: short, a finalizer blocks */
 #define DRAIN_GRACE 0.25 /* after the child exits, how long descendants may keep the pipes */
+#ifndef MAX_LINE /* host/fuzz/proc.c makes it small */
 #define MAX_LINE ((size_t)1 << 20) /* a longer line is delivered in pieces */
+#endif
 #define CHUNK 65536
 
 /*
@@ -611,16 +613,24 @@ static void deliver_line(lua_State *L, struct run *r, const char *field, const c
   }
 }
 
+/* Deliver the complete lines in the stream's buffer (all of it at EOF).  A
+ * line longer than MAX_LINE goes in MAX_LINE pieces, cut at the same places
+ * however the pipe reads split the stream: a piece is cut only once more
+ * than MAX_LINE bytes without a newline are there, so a line of exactly
+ * MAX_LINE bytes is one line, never a piece and an empty line. */
 static void feed_lines(lua_State *L, struct run *r, int which, int flush) {
   struct stream *s = &r->out[which];
   const char *field = which == 0 ? "stdout" : "stderr";
+  if (s->len == 0) /* nothing read yet: buf may be NULL */
+    return;
   size_t start = 0;
   for (;;) {
-    char *nl = memchr(s->buf + start, '\n', s->len - start);
+    size_t avail = s->len - start;
+    char *nl = memchr(s->buf + start, '\n', avail <= MAX_LINE ? avail : MAX_LINE + 1);
     size_t n;
     if (nl != NULL)
       n = (size_t)(nl - (s->buf + start));
-    else if (s->len - start >= MAX_LINE)
+    else if (avail > MAX_LINE)
       n = MAX_LINE;
     else
       break;

@@ -57,25 +57,30 @@ static const char *code_name(int rc) {
 }
 
 /* A one-line summary of SQL for messages: whitespace collapsed, cut at
- * SUMMARY_MAX bytes.  SQL text is the caller's, values are bound, so this
- * shows no secrets. */
+ * SUMMARY_MAX bytes (never inside a UTF-8 character, never after a space)
+ * and then marked "...".  SQL text is the caller's, values are bound, so
+ * this shows no secrets. */
 #define SUMMARY_MAX 60
 static void sql_summary(const char *sql, char out[SUMMARY_MAX + 4]) {
   size_t j = 0;
-  int space = 0;
   if (sql == NULL) sql = "";
   while (isspace((unsigned char)*sql)) sql++;
-  for (; *sql != '\0' && j < SUMMARY_MAX; sql++) {
+  while (*sql != '\0') {
     if (isspace((unsigned char)*sql)) {
-      space = 1;
+      while (isspace((unsigned char)*sql)) sql++;
+      if (*sql == '\0' || j == SUMMARY_MAX) break;
+      out[j++] = ' ';
       continue;
     }
-    if (space && j > 0) out[j++] = ' ';
-    space = 0;
-    if (j < SUMMARY_MAX) out[j++] = *sql;
+    if (j == SUMMARY_MAX) break;
+    out[j++] = *sql++;
   }
-  while (isspace((unsigned char)*sql)) sql++;
   if (*sql != '\0') {
+    /* the next byte continues a UTF-8 character: cut before its lead byte */
+    unsigned char next = (unsigned char)*sql;
+    for (int k = 0; k < 3 && j > 0 && (next & 0xC0) == 0x80; k++)
+      next = (unsigned char)out[--j];
+    while (j > 0 && out[j - 1] == ' ') j--;
     memcpy(out + j, "...", 3);
     j += 3;
   }
@@ -234,6 +239,25 @@ static int db_exec(lua_State *L) {
   return 1;
 }
 
+/* Is there nothing but whitespace, ';' and comments in the SQL after a
+ * statement?  sqlite itself decides (a comment is not a second statement):
+ * preparing the rest must yield no statement and no error. */
+static int only_comments(sqlite3 *db, const char *tail) {
+  while (*tail != '\0' && (isspace((unsigned char)*tail) || *tail == ';')) tail++;
+  while (*tail != '\0') {
+    sqlite3_stmt *st = NULL;
+    const char *next = NULL;
+    int rc = sqlite3_prepare_v2(db, tail, -1, &st, &next);
+    if (rc != SQLITE_OK || st != NULL) {
+      sqlite3_finalize(st);
+      return 0;
+    }
+    if (next == NULL || next <= tail) break;
+    tail = next;
+  }
+  return 1;
+}
+
 /* db:prepare(sql) -> Stmt, or nil, msg, code. Exactly one statement. */
 static int db_prepare(lua_State *L) {
   Db *d = check_db(L, 1);
@@ -260,12 +284,9 @@ static int db_prepare(lua_State *L) {
   }
   if (s->st == NULL)
     return luaL_argerror(L, 2, "no SQL statement");
-  if (tail != NULL) {
-    while (*tail != '\0' && (isspace((unsigned char)*tail) || *tail == ';')) tail++;
-    if (*tail != '\0') {
-      stmt_finalize(s);
-      return luaL_argerror(L, 2, "more than one statement (use db:exec for a script)");
-    }
+  if (tail != NULL && !only_comments(d->db, tail)) {
+    stmt_finalize(s);
+    return luaL_argerror(L, 2, "more than one statement (use db:exec for a script)");
   }
   return 1;
 }

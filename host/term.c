@@ -33,7 +33,9 @@
 
 #define TTY_MT "runbook.term.tty"
 #define SIGFLAG_KEY "runbook.proc.sigflag" /* published by proc.trap_signals */
+#ifndef SECRET_MAX /* host/fuzz/term.c makes it small */
 #define SECRET_MAX 8192
+#endif
 
 static int signal_pending(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, SIGFLAG_KEY);
@@ -107,7 +109,13 @@ static void tty_write(int fd, const char *p, size_t n) {
 
 enum { READ_OK, READ_EOF, READ_INTR, READ_SIGNAL, READ_LONG, READ_ERR };
 
-/* Line editing by hand (canonical mode is off).  Returns READ_*. */
+/* Is ch the terminal's key c?  A key set to _POSIX_VDISABLE (0) is off, so
+ * a typed NUL is not taken for it. */
+static int is_key(unsigned char ch, cc_t c) { return c != _POSIX_VDISABLE && ch == c; }
+
+/* Line editing by hand (canonical mode is off).  Returns READ_*.  Input
+ * over SECRET_MAX is READ_LONG however the line ends (Enter or end of
+ * input): a secret is never silently shortened. */
 static int read_secret(lua_State *L, struct tty *t, char *buf, size_t *len) {
   const cc_t *cc = t->old.c_cc;
   size_t n = 0;
@@ -133,26 +141,27 @@ static int read_secret(lua_State *L, struct tty *t, char *buf, size_t *len) {
       return READ_ERR;
     if (r == 0) {
       *len = n;
-      return n == 0 ? READ_EOF : READ_OK;
+      return too_long ? READ_LONG : n == 0 ? READ_EOF : READ_OK;
     }
     if (ch == '\n' || ch == '\r')
       break;
-    if (ch == cc[VINTR])
+    if (is_key(ch, cc[VINTR]))
       return READ_INTR;
-    if (ch == cc[VEOF]) {
+    if (is_key(ch, cc[VEOF])) {
       if (n == 0)
         return READ_EOF;
       continue;
     }
-    if (ch == cc[VERASE] || ch == 0x7f || ch == 0x08) {
+    if (is_key(ch, cc[VERASE]) || ch == 0x7f || ch == 0x08) {
       while (n > 0 && ((unsigned char)buf[n - 1] & 0xC0) == 0x80)
         n--; /* a whole UTF-8 character */
       if (n > 0)
         n--;
       continue;
     }
-    if (ch == cc[VKILL]) {
+    if (is_key(ch, cc[VKILL])) {
       n = 0;
+      too_long = 0; /* the line is typed again from scratch */
       continue;
     }
     if (n < SECRET_MAX)
