@@ -11,6 +11,7 @@
  * Every fd is opened close-on-exec (children never inherit a lock).
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -622,14 +623,24 @@ static int lock_tostring(lua_State *L) {
   return 1;
 }
 
-/* Best effort: who holds it, from the pid the holder wrote. */
+/* Best effort: who holds it, from the pid the holder wrote ("%ld\n").  The
+ * file may hold anything, so only plain decimal digits followed by
+ * whitespace or the end count, and only a value a pid can have; else 0. */
 static long holder_pid(int fd) {
   char buf[32];
   ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
   if (n <= 0)
     return 0;
-  buf[n] = '\0';
-  return strtol(buf, NULL, 10);
+  long pid = 0;
+  ssize_t i = 0;
+  for (; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) {
+    pid = pid * 10 + (buf[i] - '0');
+    if (pid > INT_MAX)
+      return 0;
+  }
+  if (i == 0 || (i < n && !isspace((unsigned char)buf[i])))
+    return 0;
+  return pid;
 }
 
 static int busy(lua_State *L, struct lock *l, const char *path, const char *why) {
