@@ -1,0 +1,1800 @@
+-- kvaudit.lua — static audit of Workers KV usage in a JS/TS tree (seed 004,
+-- issue 6): every put/get/delete/list call on a KV namespace, with file,
+-- line, operation, binding, whether a put sets a TTL and the key's literal
+-- prefix; every lookalike left out (Cache API, Map/Set, Headers,
+-- URLSearchParams, FormData, R2, Durable Objects...) with the reason; a
+-- category per site (A control plane, B high frequency, C cache) with the
+-- evidence; the top migration candidates with their suggested home (Durable
+-- Object or D1, as the seed recommends); and a JSON baseline to fail CI on
+-- regressions.
+--
+-- It has to keep up with `grep -rEn` on large trees, so the cheap test runs
+-- first and the costly ones only where they can matter: plain string.find
+-- for ".put"/".get"/".delete"/".list" decides which files need analysis; a
+-- lexer that jumps from quote to quote and slash to slash marks comments
+-- and literals (never one character at a time); receivers and enclosing
+-- blocks are read backwards through a reversed copy of the file with
+-- anchored matches; identifier definitions are looked up only for the
+-- receivers that need them, once per file.
+--
+-- Pure Lua on runbook.fs; it reads files and never writes one (the runbook
+-- writes the baseline, so modes apply).
+
+local fs = require("runbook.fs")
+
+local M = {}
+
+M.OPS = { "put", "get", "delete", "list" }
+M.CONFIG_FILE = "kvaudit.json"
+-- directories never entered: dependencies, VCS, build output, tool caches
+M.SKIP_DIRS = { "node_modules", ".git", ".hg", ".svn", "dist", "build", ".wrangler", ".next", ".nuxt",
+  ".output", ".svelte-kit", ".turbo", ".cache", ".vercel", "coverage", "out", "vendor", "bower_components" }
+M.EXTENSIONS = { js = true, mjs = true, cjs = true, jsx = true, ts = true, mts = true, cts = true, tsx = true }
+M.WRANGLER_FILES = { ["wrangler.toml"] = true, ["wrangler.json"] = true, ["wrangler.jsonc"] = true }
+
+local find, sub, byte, match, gmatch, rev = string.find, string.sub, string.byte, string.match, string.gmatch,
+  string.reverse
+local INF = math.huge
+
+local B_DQ, B_SQ, B_BT, B_SL, B_BS, B_ST, B_NL = 34, 39, 96, 47, 92, 42, 10
+local B_LB, B_DOT, B_LP, B_RP = 123, 46, 40, 41
+
+local IDCHAR = {}
+for c = 48, 57 do IDCHAR[c] = true end
+for c = 65, 90 do IDCHAR[c] = true end
+for c = 97, 122 do IDCHAR[c] = true end
+IDCHAR[95], IDCHAR[36] = true, true
+
+-- ------------------------------------------------------------------ lexing
+
+-- The closing quote of a '...' or "..." literal opened at q, or the
+-- newline / end of text that cuts an unterminated one.
+local function quoted_end(text, q, c)
+  local pat = c == B_DQ and '[\\"\n]' or "[\\'\n]"
+  local p = q + 1
+  while true do
+    local e = find(text, pat, p)
+    if not e then return #text end
+    if byte(text, e) == B_BS then p = e + 2 else return e end
+  end
+end
+
+-- Inside a template literal at p: returns where code resumes, whether a
+-- "${" opened there (else the literal closed), and the last literal byte.
+local function template_part(text, p)
+  while true do
+    local e = find(text, "[\\`$]", p)
+    if not e then return #text + 1, false, #text end
+    local c = byte(text, e)
+    if c == B_BS then
+      p = e + 2
+    elseif c == B_BT then
+      return e + 1, false, e - 1
+    elseif byte(text, e + 1) == B_LB then
+      return e + 2, true, e - 1
+    else
+      p = e + 1
+    end
+  end
+end
+
+-- After these bytes (ignoring blanks) a "/" starts a regex, not a division.
+local REGEX_AFTER = {}
+for ch in ("(,=:[!&|?{};+-*%<>~^"):gmatch(".") do REGEX_AFTER[byte(ch)] = true end
+local REGEX_WORDS = { ["return"] = true, typeof = true, case = true, ["do"] = true, ["else"] = true, ["in"] = true,
+  of = true, void = true, yield = true, await = true, delete = true, throw = true, new = true, instanceof = true }
+
+local function starts_regex(text, q)
+  local p = q - 1
+  local c = byte(text, p)
+  while c == 32 or c == 9 or c == 10 or c == 13 do
+    p = p - 1
+    c = byte(text, p)
+  end
+  if not c or REGEX_AFTER[c] then return true end
+  if c >= 97 and c <= 122 then
+    return REGEX_WORDS[match(sub(text, p > 12 and p - 11 or 1, p), "(%a+)$")] or false
+  end
+  return false
+end
+
+-- The closing "/" of a regex literal opened at q, or nil when the line ends
+-- first (then it was a division after all).
+local function regex_end(text, q)
+  local p = q + 1
+  while true do
+    local e = find(text, "[\\/%[\n]", p)
+    if not e then return nil end
+    local c = byte(text, e)
+    if c == B_BS then
+      p = e + 2
+    elseif c == B_NL then
+      return nil
+    elseif c == 91 then
+      local f = e + 1
+      while true do
+        local g = find(text, "[\\%]\n]", f)
+        if not g or byte(text, g) == B_NL then return nil end
+        if byte(text, g) == B_BS then f = g + 2 else p = g + 1 break end
+      end
+    else
+      return e
+    end
+  end
+end
+
+---The parts of JS/TS source that are not code, up to `limit`: comments and
+---the insides of string, template (not its `${...}` expressions) and regex
+---literals, as sorted inclusive ranges S[i]..E[i] (an empty range has
+---E < S). The lexer jumps between the next quote, backtick and slash with
+---plain finds, so its cost is per literal, not per byte.
+---@param text string
+---@param limit integer|nil  stop after this position (default: the end)
+---@return integer[] S, integer[] E, integer n
+function M.lex(text, limit)
+  local S, E, n = {}, {}, 0
+  local len = #text
+  limit = limit or len
+  local p = 1
+  local nd, ns, nb, nsl = 0, 0, 0, 0 -- next ", ', `, / at or after p
+  local stack, top = {}, 0 -- brace depth inside each open ${...}
+  while p <= limit do
+    local q, c
+    if top > 0 then
+      q = find(text, "[\"'`/{}]", p)
+      if not q then break end
+    else
+      if nd < p then nd = find(text, '"', p, true) or INF end
+      if ns < p then ns = find(text, "'", p, true) or INF end
+      if nb < p then nb = find(text, "`", p, true) or INF end
+      if nsl < p then nsl = find(text, "/", p, true) or INF end
+      q = nd
+      if ns < q then q = ns end
+      if nb < q then q = nb end
+      if nsl < q then q = nsl end
+    end
+    if q > limit then break end
+    c = byte(text, q)
+    if c == B_DQ or c == B_SQ then
+      local e = quoted_end(text, q, c)
+      n = n + 1
+      S[n], E[n] = q + 1, e - 1
+      p = e + 1
+    elseif c == B_BT then
+      local after, open, tend = template_part(text, q + 1)
+      n = n + 1
+      S[n], E[n] = q + 1, tend
+      p = after
+      if open then
+        top = top + 1
+        stack[top] = 0
+      end
+    elseif c == B_SL then
+      local c2 = byte(text, q + 1)
+      if c2 == B_SL then
+        local e = find(text, "\n", q + 2, true) or len + 1
+        n = n + 1
+        S[n], E[n] = q, e - 1
+        p = e + 1
+      elseif c2 == B_ST then
+        local _, e = find(text, "*/", q + 2, true)
+        e = e or len
+        n = n + 1
+        S[n], E[n] = q, e
+        p = e + 1
+      else
+        local e = starts_regex(text, q) and regex_end(text, q)
+        if e then
+          n = n + 1
+          S[n], E[n] = q + 1, e - 1
+          p = e + 1
+        else
+          p = q + 1
+        end
+      end
+    elseif c == B_LB then
+      stack[top] = stack[top] + 1
+      p = q + 1
+    else -- "}" inside ${...}
+      if stack[top] == 0 then
+        top = top - 1
+        local after, open, tend = template_part(text, q + 1)
+        n = n + 1
+        S[n], E[n] = q + 1, tend
+        p = after
+        if open then
+          top = top + 1
+          stack[top] = 0
+        end
+      else
+        stack[top] = stack[top] - 1
+        p = q + 1
+      end
+    end
+  end
+  return S, E, n
+end
+
+-- skipping balanced code inside a call's arguments -------------------------
+
+local skip_template
+
+-- From just inside "${": the position after its closing "}".
+local function skip_expr(text, p)
+  local depth = 0
+  while true do
+    local q = find(text, "[{}\"'`]", p)
+    if not q then return #text + 1 end
+    local c = byte(text, q)
+    if c == B_DQ or c == B_SQ then
+      p = quoted_end(text, q, c) + 1
+    elseif c == B_BT then
+      p = skip_template(text, q + 1)
+    elseif c == B_LB then
+      depth = depth + 1
+      p = q + 1
+    elseif depth == 0 then
+      return q + 1
+    else
+      depth = depth - 1
+      p = q + 1
+    end
+  end
+end
+
+-- From just after an opening backtick: the position after the closing one.
+skip_template = function(text, p)
+  while true do
+    local after, open = template_part(text, p)
+    if not open then return after end
+    p = skip_expr(text, after)
+  end
+end
+
+local OPENERS = { [40] = true, [91] = true, [123] = true }
+local CLOSERS = { [41] = true, [93] = true, [125] = true }
+
+---A call's top-level arguments: a list of { first, last } byte ranges
+---(untrimmed) and the position of the closing ")"; nil when the call does
+---not close within 8000 bytes.
+---@param text string
+---@param open integer  position of "("
+function M.call_args(text, open)
+  local args, depth, p, s = {}, 0, open + 1, open + 1
+  local stop = open + 8000
+  while p <= stop do
+    local q = find(text, "[()%[%]{}\"'`,/]", p)
+    if not q or q > stop then return nil end
+    local c = byte(text, q)
+    if c == B_DQ or c == B_SQ then
+      p = quoted_end(text, q, c) + 1
+    elseif c == B_BT then
+      p = skip_template(text, q + 1)
+    elseif c == 44 then
+      if depth == 0 then
+        args[#args + 1] = { s, q - 1 }
+        s = q + 1
+      end
+      p = q + 1
+    elseif OPENERS[c] then
+      depth = depth + 1
+      p = q + 1
+    elseif CLOSERS[c] then
+      if depth == 0 then
+        if c ~= 41 then return nil end
+        -- a trailing comma leaves no argument behind it
+        if not find(text, "^%s*%)", s) then args[#args + 1] = { s, q - 1 } end
+        return args, q
+      end
+      depth = depth - 1
+      p = q + 1
+    else
+      local c2 = byte(text, q + 1)
+      if c2 == B_SL then
+        p = (find(text, "\n", q, true) or #text) + 1
+      elseif c2 == B_ST then
+        local _, e = find(text, "*/", q + 2, true)
+        p = (e or #text) + 1
+      else
+        p = q + 1
+      end
+    end
+  end
+  return nil
+end
+
+local function trimmed(text, a)
+  if not a then return nil end
+  return match(sub(text, a[1], a[2]), "^%s*(.*%S)")
+end
+
+-- A simple argument at p (name, property path, quoted string, template
+-- without nested backticks): its first and last byte and the "," or ")"
+-- after it; nil when it is not simple.
+local function simple_arg(text, p)
+  local s, e, d = match(text, "^%s*()[%w_$][%w_$%.]*()%s*()[,)]", p)
+  if s then return s, e - 1, d end
+  local q = byte(text, match(text, "^%s*()", p))
+  if q == B_DQ then
+    s, e, d = match(text, '^%s*()"[^"\\\n]*"()%s*()[,)]', p)
+  elseif q == B_SQ then
+    s, e, d = match(text, "^%s*()'[^'\\\n]*'()%s*()[,)]", p)
+  elseif q == B_BT then
+    s, e, d = match(text, "^%s*()`[^`\\]*`()%s*()[,)]", p)
+  end
+  if s then return s, e - 1, d end
+  return nil
+end
+
+---The arguments a KV call's analysis needs, cheaply when they are simple:
+---first (trimmed text), third (put options) and how many there are (0, or
+---a lower bound). Falls back to the full M.call_args scan otherwise.
+---@return string|nil a1, string|nil a3, integer nargs
+local function key_args(text, open, op)
+  if find(text, "^%s*%)", open + 1) then return nil, nil, 0 end
+  local s1, e1, d1 = simple_arg(text, open + 1)
+  if s1 then
+    local a1 = sub(text, s1, e1)
+    if op ~= "put" then return a1, nil, 1 end
+    if byte(text, d1) == B_RP then return a1, nil, 1 end
+    -- the value: simple, or a call such as JSON.stringify(body)
+    local _, _, d2 = simple_arg(text, d1 + 1)
+    if not d2 then d2 = match(text, "^%s*[%w_$][%w_$%.]*%s*%b()%s*()[,)]", d1 + 1) end
+    if d2 then
+      if byte(text, d2) == B_RP then return a1, nil, 2 end
+      local s3, e3 = match(text, "^%s*()%b{}()%s*%)", d2 + 1)
+      if not s3 then s3, e3 = match(text, "^%s*()[%w_$]+()%s*%)", d2 + 1) end
+      if s3 then return a1, sub(text, s3, e3 - 1), 3 end
+    end
+  end
+  local args = M.call_args(text, open)
+  if not args then return nil, nil, 1 end
+  return trimmed(text, args[1]), trimmed(text, args[3]), #args
+end
+
+-- ------------------------------------------------------------------ words
+
+-- "lastRun" / "last-run:" / "queue:lease:" → "_last_run_", "_queue_lease_"
+local function words(s)
+  s = s:gsub("(%l)(%u)", "%1_%2"):gsub("(%u)(%u%l)", "%1_%2"):gsub("(%a)(%d)", "%1_%2"):lower():gsub("[^%w]+", "_")
+  return "_" .. s .. "_"
+end
+
+-- a receiver named like a KV namespace: kv, KV, sessionKv, KV_CACHE, kvStore
+local function kv_named(name)
+  return find(name, "[kK][vV]") ~= nil and find(words(name), "_kv_", 1, true) ~= nil
+end
+
+-- ------------------------------------------------------------------ globs
+
+local function glob_to_pattern(g)
+  local p = g:gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0")
+  p = p:gsub("%*%*", "\1"):gsub("%*", "[^/]*"):gsub("%?", "[^/]"):gsub("\1", ".*")
+  return "^" .. p .. "$"
+end
+
+-- every way of reading each "**/" as "any directories" or "none"
+local function glob_variants(g, out)
+  out = out or {}
+  local a, b = g:find("**/", 1, true)
+  if not a then
+    out[#out + 1] = glob_to_pattern(g)
+    return out
+  end
+  local head, tail = g:sub(1, a - 1), g:sub(b + 1)
+  local rest = {}
+  glob_variants(tail, rest)
+  for _, r in ipairs(rest) do
+    local t = r:sub(2) -- drop "^"
+    out[#out + 1] = glob_to_pattern(head .. "**/"):sub(1, -2) .. t
+    out[#out + 1] = glob_to_pattern(head):sub(1, -2) .. t
+  end
+  return out
+end
+
+---Compile comma-separated or listed globs into a matcher of relative paths.
+---A glob without "/" matches any path component ("test", "*.spec.ts");
+---with "/" it matches the whole path ("src/legacy/**", "**/gen/*.js").
+---@param globs string|string[]|nil
+---@return fun(path: string): string|nil  the glob that matched
+function M.glob_matcher(globs)
+  local list = {}
+  if type(globs) == "string" then
+    for g in globs:gmatch("[^,]+") do list[#list + 1] = g:match("^%s*(.-)%s*$") end
+  else
+    for _, g in ipairs(globs or {}) do list[#list + 1] = g end
+  end
+  local compiled = {}
+  for _, g in ipairs(list) do
+    if g ~= "" then
+      compiled[#compiled + 1] = { glob = g, component = not g:find("/", 1, true), pats = glob_variants(g) }
+    end
+  end
+  return function(path)
+    for _, c in ipairs(compiled) do
+      if c.component then
+        for part in path:gmatch("[^/]+") do
+          if part:match(c.pats[1]) then return c.glob end
+        end
+      else
+        for _, pat in ipairs(c.pats) do
+          if path:match(pat) then return c.glob end
+        end
+      end
+    end
+    return nil
+  end
+end
+
+-- ------------------------------------------------------------ bindings
+
+-- wrangler config sections → what their bindings are
+local SECTION_KIND = {
+  kv_namespaces = "kv", r2_buckets = "r2", d1_databases = "d1", ["durable_objects.bindings"] = "do",
+  ["queues.producers"] = "queue", services = "service", analytics_engine_datasets = "analytics",
+  vectorize = "vectorize", hyperdrive = "hyperdrive", secrets_store_secrets = "secret",
+}
+local KIND_LABEL = {
+  kv = "a KV namespace", r2 = "an R2 bucket", d1 = "a D1 database", ["do"] = "a Durable Object namespace",
+  queue = "a Queue producer", service = "a service binding", analytics = "an Analytics Engine dataset",
+  vectorize = "a Vectorize index", hyperdrive = "a Hyperdrive config", secret = "a Secrets Store secret",
+  other = "not a KV namespace",
+}
+M.KIND_LABEL = KIND_LABEL
+
+local function section_kind(header)
+  -- [[env.production.kv_namespaces]] counts like [[kv_namespaces]]
+  for suffix, kind in pairs(SECTION_KIND) do
+    if header == suffix or header:sub(-#suffix - 1) == "." .. suffix then return kind end
+  end
+end
+
+local function parse_wrangler_toml(text, add)
+  local kind
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    local header = line:match("^%s*%[%[?%s*([%w_%.%-]+)%s*%]")
+    if header then
+      kind = section_kind(header)
+    else
+      local key = line:match("^%s*([%w_]+)%s*=")
+      if kind and (key == "binding" or (kind == "do" and key == "name")) then
+        local v = line:match('=%s*"([^"]+)"') or line:match("=%s*'([^']+)'")
+        if v then add(v, kind) end
+      end
+    end
+  end
+  -- inline arrays: kv_namespaces = [ { binding = "KV", id = "..." } ]
+  for key, kind2 in pairs(SECTION_KIND) do
+    local last = key:match("([%w_]+)$")
+    for arr in text:gmatch("%f[%w_]" .. last .. "%s*=%s*(%b[])") do
+      local field = kind2 == "do" and "name" or "binding"
+      for v in arr:gmatch("%f[%w_]" .. field .. "%s*=%s*[\"']([^\"']+)[\"']") do add(v, kind2) end
+    end
+  end
+end
+
+-- JSON with comments and trailing commas (wrangler.jsonc) → plain JSON
+local function strip_jsonc(text)
+  local out, p = {}, 1
+  while true do
+    local q = find(text, '["/]', p)
+    if not q then break end
+    if byte(text, q) == B_DQ then
+      local e = quoted_end(text, q, B_DQ)
+      out[#out + 1] = sub(text, p, e)
+      p = e + 1
+    elseif byte(text, q + 1) == B_SL then
+      out[#out + 1] = sub(text, p, q - 1)
+      p = find(text, "\n", q, true) or #text + 1
+    elseif byte(text, q + 1) == B_ST then
+      out[#out + 1] = sub(text, p, q - 1)
+      local _, e = find(text, "*/", q + 2, true)
+      p = (e or #text) + 1
+    else
+      out[#out + 1] = sub(text, p, q)
+      p = q + 1
+    end
+  end
+  out[#out + 1] = sub(text, p)
+  return (table.concat(out):gsub(",(%s*[}%]])", "%1"))
+end
+
+local function parse_wrangler_json(text, add)
+  local doc = require("cjson.safe").decode(strip_jsonc(text))
+  if type(doc) ~= "table" then return false end
+  local function walk(t, path)
+    for k, v in pairs(t) do
+      if type(k) == "string" and type(v) == "table" then
+        local kind = section_kind(path == "" and k or (path .. "." .. k))
+          or section_kind(k) or (k == "bindings" and path:match("durable_objects$") and "do")
+        if kind and v[1] ~= nil then
+          for _, b in ipairs(v) do
+            local name = type(b) == "table" and (kind == "do" and b.name or b.binding)
+            if type(name) == "string" then add(name, kind) end
+          end
+        else
+          walk(v, path == "" and k or (path .. "." .. k))
+        end
+      end
+    end
+  end
+  walk(doc, "")
+  return true
+end
+
+---Binding names and kinds declared in a wrangler.toml / wrangler.json(c).
+---@param text string
+---@param name string  the file name (decides TOML or JSON)
+---@return table|nil bindings { NAME = kind }, string? err
+function M.wrangler_bindings(text, name)
+  local out = {}
+  local function add(v, kind) out[v] = kind end
+  if name:match("%.toml$") then
+    parse_wrangler_toml(text, add)
+  elseif not parse_wrangler_json(text, add) then
+    return nil, name .. ": not valid JSON"
+  end
+  return out
+end
+
+-- ------------------------------------------------------------ receivers
+
+local LOOKALIKE_PROP = {
+  headers = "Headers.get: an HTTP header, not KV",
+  searchParams = "URLSearchParams.get: a query parameter, not KV",
+  params = "route/query parameters, not KV",
+  cookies = "a cookie store, not KV",
+  storage = "Durable Object storage (state.storage), not KV",
+  formData = "FormData.get: a form field, not KV",
+  localStorage = "Web Storage, not KV",
+  sessionStorage = "Web Storage, not KV",
+}
+
+local NEW_REASON = {
+  Map = "a Map (new Map()), not KV", WeakMap = "a WeakMap, not KV", Set = "a Set (new Set()), not KV",
+  WeakSet = "a WeakSet, not KV", Headers = "Headers (new Headers()), not KV",
+  URLSearchParams = "URLSearchParams, not KV", FormData = "FormData, not KV", URL = "a URL object, not KV",
+}
+
+local TYPE_REASON = {
+  Map = "typed Map, not KV", WeakMap = "typed WeakMap, not KV", Set = "typed Set, not KV",
+  Headers = "typed Headers, not KV", URLSearchParams = "typed URLSearchParams, not KV",
+  FormData = "typed FormData, not KV", Cache = "Cache API (typed Cache), not KV",
+  R2Bucket = "an R2 bucket (typed R2Bucket), not KV",
+  DurableObjectNamespace = "a Durable Object namespace (typed DurableObjectNamespace), not KV",
+  DurableObjectStorage = "Durable Object storage (typed DurableObjectStorage), not KV",
+  D1Database = "a D1 database (typed D1Database), not KV",
+}
+
+local function nonkv(reason) return { kv = false, reason = reason } end
+
+local resolve
+
+-- What the expression starting at r evaluates to, when it says: a Cache API
+-- object, a new Map/Set/..., an alias of env.BINDING or of another receiver.
+local function classify_rhs(F, r, depth)
+  local text = F.text
+  r = match(text, "^await%s+()", r) or r
+  if find(text, "^caches%.default%f[^%w_$]", r) then return nonkv("Cache API (caches.default), not KV") end
+  if find(text, "^caches%.open%s*%(", r) then return nonkv("Cache API (caches.open()), not KV") end
+  local cls = match(text, "^new%s+([%w_$]+)", r)
+  if cls then return nonkv(NEW_REASON[cls] or ("an instance of " .. cls .. ", not a KV namespace")) end
+  local path, name, after = match(text, "^([%w_$%.]-)%f[%w_$]env%.([%w_$]+)()", r)
+  if name and (path == "" or path:sub(-1) == ".") then
+    local nxt = byte(text, after)
+    if nxt ~= B_DOT and nxt ~= B_LP and nxt ~= 91 then
+      return { kv = true, binding = name, via = "env", how = "alias of env." .. name }
+    end
+  end
+  local other = match(text, "^([%w_$][%w_$%.]*)%s*[;,%)\n}]", r)
+  if other and depth < 4 then
+    local res = resolve(F, other, depth + 1)
+    if res and (res.kv or res.decisive) then return res end
+  end
+  if find(text, "^[%w_$%.]*%.searchParams%f[^%w_$]", r) then return nonkv(LOOKALIKE_PROP.searchParams) end
+  if find(text, "^[%w_$%.]*%.formData%s*%(", r) then return nonkv(LOOKALIKE_PROP.formData) end
+  if find(text, "^[%w_$%.]*%.headers%f[^%w_$]", r) then return nonkv(LOOKALIKE_PROP.headers) end
+  return nil
+end
+
+-- A definition of X at position p (X ends before `after`): a type
+-- annotation, an assignment, an object property or a destructuring of env.
+local function definition_at(F, p, after, X, depth)
+  local text = F.text
+  local t = match(text, "^%s*%??%s*:%s*([%w_$]+)", after)
+  if t then
+    if t == "KVNamespace" then
+      return { kv = true, binding = X, via = "typed", how = X .. " is typed KVNamespace" }
+    end
+    if TYPE_REASON[t] then
+      local res = nonkv(TYPE_REASON[t])
+      res.decisive = true
+      return res
+    end
+    -- `{ kv: env.KV }`: an object property holding a binding
+    local v = match(text, "^%s*:%s*()", after)
+    local res = classify_rhs(F, v, depth)
+    if res then return res end
+    local r = match(text, "^%s*%??%s*:[^=;\n{(]-=()[^=>]", after)
+    if r then
+      return classify_rhs(F, match(text, "^%s*()", r), depth)
+    end
+    return nil
+  end
+  local r = match(text, "^%s*=()[^=>]", after)
+  if r then
+    local res = classify_rhs(F, match(text, "^%s*()", r), depth)
+    if res then res.decisive = true end
+    return res
+  end
+  -- destructuring: const { KV } = env / const { KV: store } = c.env
+  local nb = match(text, "^%s*([,}=])", after)
+  if nb then
+    local close = find(text, "}", after, true)
+    if close and close - after < 400 and find(text, "^}%s*=%s*[%w_$%.]-%f[%w_$]env%f[^%w_$%.]", close) then
+      local key = match(F:rtext(), "^%s*:%s*([%w_$]+)", #text - p + 2)
+      local binding = key and rev(key) or X
+      return { kv = true, binding = binding, via = "env", how = "destructured from env (" .. binding .. ")" }
+    end
+  end
+  return nil
+end
+
+-- The definition of identifier X in this file (memoised), or false.
+local function ident_def(F, X, depth)
+  local memo = F.defs[X]
+  if memo ~= nil then return memo end
+  F.defs[X] = false -- a definition that refers back to itself
+  local text = F.text
+  local res = false
+  local p = find(text, X, 1, true)
+  while p do
+    local after = p + #X
+    local before = byte(text, p - 1)
+    if not IDCHAR[byte(text, after)] and not (before and IDCHAR[before]) then
+      local d = definition_at(F, p, after, X, depth)
+      -- `kv: KVNamespace` says what it is, `this.kv = env.LOCKS` says which
+      -- binding: keep looking for the latter
+      if d and d.via == "typed" then
+        res = res or d
+      elseif d then
+        res = d
+        break
+      end
+    end
+    p = find(text, X, after, true)
+  end
+  F.defs[X] = res
+  return res
+end
+
+-- Names typed KVNamespace in this file (interface Env { CACHE: KVNamespace }).
+local function typed_kv(F)
+  if F.typed == nil then
+    F.typed = {}
+    if find(F.text, "KVNamespace", 1, true) then
+      for name in gmatch(F.text, "([%w_$]+)%s*%??%s*:%s*KVNamespace%f[^%w_$]") do F.typed[name] = true end
+    end
+  end
+  return F.typed
+end
+
+-- What receiver R is: { kv = true, binding, via, how } or { kv = false, reason }.
+resolve = function(F, R, depth)
+  depth = depth or 0
+  local memo = F.memo[R]
+  if memo then return memo end
+  local res
+  local expr = byte(R, 1) == B_DOT
+  local bare = expr and R:sub(2) or R
+  local L = match(bare, "([%w_$]+)$")
+  local A = F.A
+  if not L then
+    res = nonkv("the receiver is an expression, not a binding")
+  elseif A.not_kv[bare] or A.not_kv[L] then
+    res = nonkv(A.not_kv[bare] or A.not_kv[L])
+  elseif LOOKALIKE_PROP[L] and bare ~= L then
+    res = nonkv(LOOKALIKE_PROP[L])
+  elseif bare == "caches.default" then
+    res = nonkv("Cache API (caches.default), not KV")
+  else
+    local envname = match(bare, "^env%.([%w_$]+)$") or match(bare, "%.env%.([%w_$]+)$")
+    if envname then
+      res = { kv = true, binding = envname, via = "env", how = "env." .. envname }
+    else
+      local first = match(bare, "^[%w_$]+")
+      local d
+      if not expr then
+        if first == bare then
+          d = ident_def(F, bare, depth)
+        else
+          d = ident_def(F, L, depth)
+        end
+      end
+      if d then
+        res = d
+      elseif LOOKALIKE_PROP[L] then
+        res = nonkv(LOOKALIKE_PROP[L])
+      elseif (first == bare and A.known_kv[bare]) or (bare == "globalThis." .. L and A.known_kv[L]) then
+        res = { kv = true, binding = L, via = "global", how = "global binding " .. L .. " (service-worker syntax)" }
+      elseif kv_named(L) then
+        res = { kv = true, binding = L, via = "named", how = L .. " is named like a KV namespace" }
+      elseif typed_kv(F)[L] then
+        res = { kv = true, binding = L, via = "typed", how = L .. " is typed KVNamespace" }
+      else
+        res = nonkv(("receiver %s is not env.BINDING, an alias of one, a declared binding, or named/typed like a KV namespace")
+          :format(R))
+        res.unknown = true
+      end
+    end
+  end
+  F.memo[R] = res
+  return res
+end
+
+-- The receiver of the call whose "." is at dot: "env.KV", "this.kv", "kv"
+-- (optional chaining and non-null assertions dropped), or nil.
+local function receiver_at(F, dot)
+  local rt = F:rtext()
+  local s = #F.text - dot + 2
+  local r = match(rt, "^[%w_$%.]*", s)
+  local c = byte(rt, s + #r)
+  if c == 63 or c == 33 then -- "?." or "!" in the chain
+    r = match(rt, "^[%w_$%.%?!]*", s)
+    return (rev(r):gsub("[?!]", ""))
+  end
+  if r == "" then return nil end
+  return rev(r)
+end
+
+-- ------------------------------------------------------------ keys
+
+local literal_head
+
+-- The literal value (or head) of the last definition of NAME before pos.
+-- Every assignment to NAME in the file (not to a property NAME): sorted
+-- { name position, value position } pairs, memoised per file.
+local function assignments(F, name)
+  local d = F.assigns[name]
+  if d then return d end
+  d = {}
+  local text = F.text
+  local p = find(text, name, 1, true)
+  while p do
+    local after = p + #name
+    local before = byte(text, p - 1)
+    if not IDCHAR[byte(text, after)] and not (before and (IDCHAR[before] or before == B_DOT)) then
+      local r = match(text, "^%s*=%s*()[^=>]", after) or match(text, "^%s*:%s*[%w_$<>]+%s*=%s*()", after)
+      if r then d[#d + 1] = { p, r } end
+    end
+    p = find(text, name, after, true)
+  end
+  F.assigns[name] = d
+  return d
+end
+
+-- The value position of the last assignment to NAME before pos (else the
+-- first one after it).
+local function value_pos(F, name, pos)
+  local d = assignments(F, name)
+  local best
+  for i = 1, #d do
+    if d[i][1] < pos then best = d[i][2] else break end
+  end
+  return best or (d[1] and d[1][2])
+end
+
+-- The literal value (or head) of the value assigned to NAME before pos.
+local function const_value(F, name, pos, depth)
+  if depth > 2 then return nil end
+  local r = value_pos(F, name, pos)
+  if not r then return nil end
+  local text = F.text
+  local e = find(text, "[;\n]", r) or #text + 1
+  return literal_head(F, match(sub(text, r, e - 1), "^(.-)%s*$"), r, depth + 1)
+end
+
+-- key (when the whole expression is literal) and prefix (its literal head)
+literal_head = function(F, expr, pos, depth)
+  if not expr or expr == "" then return nil, nil end
+  local q = byte(expr, 1)
+  if q == B_DQ or q == B_SQ then
+    local body, e = match(expr, q == B_DQ and '^"([^"\\\n]*)"()' or "^'([^'\\\n]*)'()")
+    if not body then return nil, nil end
+    if e > #expr then return body, body end
+    if find(expr, "^%s*%+", e) then return nil, body end
+    return nil, nil
+  elseif q == B_BT then
+    local head, e = match(expr, "^`([^`$\\]*)()")
+    if not head then return nil, nil end
+    local c = byte(expr, e)
+    if c == B_BT then
+      if e == #expr then return head, head end
+      if find(expr, "^%s*%+", e + 1) then return nil, head end
+      return nil, nil
+    end
+    if c == 36 then return nil, head ~= "" and head or nil end
+    return nil, nil
+  end
+  local name, e = match(expr, "^([%a_$][%w_$]*)()")
+  if name and (e > #expr or find(expr, "^%s*%+", e)) then
+    local key, prefix = const_value(F, name, pos, depth or 0)
+    if e > #expr then return key, prefix end
+    return nil, prefix
+  end
+  return nil, nil
+end
+
+-- "yes" when a put's options set expirationTtl/expiration, "no" when they
+-- do not (or there are none), "unknown" when they are not written out here
+local function ttl_of(F, opts, pos)
+  if not opts then return "no" end
+  local text = opts
+  if byte(text, 1) ~= B_LB then
+    local name = match(text, "^([%a_$][%w_$]*)$")
+    if not name then return "unknown" end
+    local src = F.text
+    local found = value_pos(F, name, pos)
+    if not found or byte(src, found) ~= B_LB then return "unknown" end
+    text = sub(src, found, skip_expr(src, found + 1) - 1)
+  end
+  if find(text, "%f[%w_$]expirationTtl%f[^%w_$]") or find(text, "%f[%w_$]expiration%f[^%w_$]") then return "yes" end
+  if find(text, "...", 1, true) then return "unknown" end
+  return "no"
+end
+
+-- list({ prefix: "x" }) → "x"; list({ prefix }) → the value of prefix
+local function list_prefix(F, opts, pos)
+  if not opts or byte(opts, 1) ~= B_LB then return nil end
+  local v = match(opts, "%f[%w_$]prefix%s*:%s*()")
+  if v then
+    local e = find(opts, "[,}\n]", v) or #opts + 1
+    local expr = match(sub(opts, v, e - 1), "^(.-)%s*$")
+    local _, prefix = literal_head(F, expr, pos, 0)
+    return prefix
+  end
+  if find(opts, "%f[%w_$]prefix%s*[,}]") then
+    local _, prefix = const_value(F, "prefix", pos, 0)
+    return prefix
+  end
+  return nil
+end
+
+-- ------------------------------------------------------------ context
+
+local LOOP_CALLS = { forEach = true, map = true, flatMap = true, reduce = true, filter = true, some = true,
+  every = true, find = true }
+local HANDLERS = {
+  fetch = "in the fetch handler (runs on every request)",
+  scheduled = "in the scheduled handler (runs on every cron tick)",
+  queue = "in the queue consumer (runs on every batch)",
+  tail = "in the tail handler (runs on every event)",
+}
+local NOT_NAMES = { ["if"] = true, ["for"] = true, ["while"] = true, ["switch"] = true, ["catch"] = true,
+  ["with"] = true, ["function"] = true, ["return"] = true, ["else"] = true, ["do"] = true, ["try"] = true }
+local ARROWS = {
+  "([%w_$]+)%s*[=:]%s*async%s*[%w_$]*%s*=>$", "([%w_$]+)%s*[=:]%s*async%s*%b()%s*=>$",
+  "([%w_$]+)%s*[=:]%s*[%w_$]*%s*=>$", "([%w_$]+)%s*[=:]%s*%b()%s*=>$",
+  "([%w_$]+)%s*[=:]%s*async%s*%b()%s*:[^=]*=>$", "([%w_$]+)%s*[=:]%s*%b()%s*:[^=]*=>$",
+}
+
+-- What the block whose "{" follows head h is: "loop", "function" (and its
+-- name), "route", "arrow", "top", or nil. Plain finds rule out most
+-- patterns before any is tried.
+local function head_kind(h)
+  local n = #h
+  if n == 0 then return nil end
+  if n > 300 then h = sub(h, n - 299) end
+  if find(h, "^for%f[^%w_$]") or find(h, "^while%f[^%w_$]") or h == "do" or find(h, "%sdo$") then
+    return "loop", (h:gsub("%s+", " "):sub(1, 60))
+  end
+  local paren, arrow = find(h, "(", 1, true), find(h, "=>", 1, true)
+  if not paren and not arrow then
+    if find(h, "^class%f[^%w_$]") or find(h, "^export%s") then return "top" end
+    return nil
+  end
+  if paren then
+    for call in gmatch(h, "%.(%a+)%s*%(") do
+      if LOOP_CALLS[call] then return "loop", "." .. call .. "(...)" end
+    end
+  end
+  if find(h, "addEventListener", 1, true) then
+    local ev = match(h, "addEventListener%s*%(%s*[\"'](%w+)")
+    if ev then return "function", ev end
+  end
+  local route = match(h, "^[%w_$]+%.(%l+)%s*%(%s*[\"'`]/")
+  if route then return "route", route end
+  if find(h, "function", 1, true) then
+    local name = match(h, "function%s*%*?%s*([%w_$]*)%s*%(")
+    if name then return "function", name end
+  end
+  if arrow and find(h, "=>$") then
+    local tail = #h > 160 and sub(h, -160) or h
+    for _, pat in ipairs(ARROWS) do
+      local name = match(tail, pat)
+      if name then return "function", name end
+    end
+    return "arrow"
+  end
+  local name = match(h, "^[%a%s]-([%w_$]+)%s*%b()%s*$") or match(h, "^[%a%s]-([%w_$]+)%s*%b()%s*:[^()]*$")
+  if name and not NOT_NAMES[name] then return "function", name end
+  return nil
+end
+
+local function hot_name(name)
+  if HANDLERS[name] then return HANDLERS[name] end
+  if find(name, "^onRequest") then return "in a Pages Function (runs on every request)" end
+  if find(name, "^[Pp]oll") or find(name, "[%l_]Poll") or find(name, "_poll") or find(name, "[Pp]oller")
+    or name == "tick" or find(name, "[%l_]Tick$") then
+    return "in a poller (" .. name .. ")"
+  end
+  return nil
+end
+
+-- A head ending in ")" whose "(" is further back than a ";" — the
+-- `for (let i = 0; i < n; i++)` of a loop — read on to that "(" and the
+-- word before it (rt is the reversed text, start the byte before the "{").
+local function paren_head(rt, start, h)
+  local _, opens = h:gsub("%(", "")
+  local _, closes = h:gsub("%)", "")
+  if closes <= opens then return h end
+  local depth, p = 0, start
+  for _ = 1, 64 do
+    local q = find(rt, "[()]", p)
+    if not q then return h end
+    if byte(rt, q) == B_RP then depth = depth + 1 else depth = depth - 1 end
+    if depth == 0 then return sub(rt, start, q) .. match(rt, "^[^;{}]*", q + 1) end
+    p = q + 1
+  end
+  return h
+end
+
+-- Walk outwards from pos through the enclosing blocks (backwards, on the
+-- reversed text) up to the enclosing named function: is the site in a loop
+-- or a handler that runs all the time? → hot (why) or nil, function name.
+local function context_at(F, pos)
+  local text, rt = F.text, F:rtext()
+  local len = #text
+  local r = len - pos + 2
+  local depth, nO, nC = 0, 0, 0
+  local hot, fn
+  for _ = 1, 400 do
+    if nO < r then nO = find(rt, "{", r, true) or INF end
+    if nC < r then nC = find(rt, "}", r, true) or INF end
+    if nO == INF then break end
+    if nC < nO then
+      depth = depth + 1
+      r = nC + 1
+    elseif depth > 0 then
+      depth = depth - 1
+      r = nO + 1
+    else
+      -- an enclosing "{": what precedes it, back to the previous ; { or }
+      local kind, what
+      local memo = F.heads[nO]
+      if memo then
+        kind, what = memo[1], memo[2]
+      else
+        local h = match(rt, "^[^;{}]*", nO + 1)
+        if find(h, "^%s*%)") then h = paren_head(rt, nO + 1, h) end
+        h = match(rev(h), "^%s*(.-)%s*$")
+        kind, what = head_kind(h)
+        if not kind then
+          -- code without semicolons: the head is on the last line
+          local last = match(h, "\n%s*([^\n]*)$")
+          if last then kind, what = head_kind(last) end
+        end
+        F.heads[nO] = { kind or false, what }
+      end
+      if kind == "loop" then
+        hot = hot or ("in a loop (" .. what .. ")")
+      elseif kind == "route" then
+        hot = hot or ("in a route handler (." .. what .. "(...), runs on every request)")
+      elseif kind == "function" then
+        if what ~= "" then
+          fn = what
+          local h2 = hot_name(what)
+          if h2 then hot = hot or h2 end
+          -- a named function bounds the walk; a handler found is enough
+          break
+        end
+      elseif kind == "top" then
+        break
+      end
+      r = nO + 1
+    end
+  end
+  return hot, fn
+end
+
+-- ------------------------------------------------------------ analysis
+
+-- binding types whose declarations (interface Env { X: R2Bucket }) decide
+-- what env.X is, in every file
+local BINDING_TYPES = { "KVNamespace", "R2Bucket", "DurableObjectNamespace", "D1Database" }
+
+local OP_NEEDLES = { { ".put", "put" }, { ".get", "get" }, { ".delete", "delete" }, { ".list", "list" } }
+
+local File = {}
+File.__index = File
+function File:rtext()
+  local r = self._rtext
+  if not r then
+    r = rev(self.text)
+    self._rtext = r
+  end
+  return r
+end
+
+---Options shared by every file of a scan (see M.scan): known KV names,
+---receivers that are not KV, and whether every excluded lookalike gets a
+---line number (else only the first few of each reason do: counting lines
+---is the one cost that grows with the size of a file).
+---@param o table|nil { bindings = {...}, not_kv = { RECEIVER = reason } | {...}, all_lines = bool, examples = 3 }
+function M.analyzer(o)
+  o = o or {}
+  local A = { known_kv = {}, not_kv = {}, all_lines = o.all_lines or false, examples = o.examples or 3, shown = {} }
+  for _, b in ipairs(o.bindings or {}) do A.known_kv[b] = true end
+  for k, v in pairs(o.not_kv or {}) do
+    if type(k) == "number" then
+      A.not_kv[v] = ("%s is not a KV namespace (excluded by configuration)"):format(v)
+    else
+      A.not_kv[k] = v
+    end
+  end
+  return A
+end
+
+-- line numbers for positions that only grow
+local function line_counter(text)
+  local line, nl = 1, find(text, "\n", 1, true)
+  return function(pos)
+    while nl and nl < pos do
+      line = line + 1
+      nl = find(text, "\n", nl + 1, true)
+    end
+    return line
+  end
+end
+
+-- the reason without the receiver's name, to count exclusions by kind
+local function reason_group(reason)
+  return (reason:gsub("^receiver %S+ is not", "receiver is not"))
+end
+M.reason_group = reason_group
+
+local COMMENT_REASON = "in a comment or a string, not code"
+local EXPR_REASON = "the receiver is an expression, not a binding"
+
+---Analyse one file's text: KV sites and excluded lookalikes. Env bindings
+---are not yet checked against wrangler configs and types (scan's second
+---pass does that). Excluded records carry a line when A.all_lines or while
+---fewer than A.examples of their reason have been shown.
+---@param text string
+---@param path string  relative path, for the records
+---@param A table|nil  from M.analyzer
+---@return table[] sites, table[] excluded, table facts { do_bindings = {...}, types = {...} }
+function M.analyze(text, path, A)
+  A = A or M.analyzer()
+  local cands, ops, parens, n = {}, {}, {}, 0
+  for i = 1, 4 do
+    local needle, op = OP_NEEDLES[i][1], OP_NEEDLES[i][2]
+    local p = find(text, needle, 1, true)
+    while p do
+      local after = p + #needle
+      local b = byte(text, after)
+      local paren
+      if b == B_LP then
+        paren = after
+      elseif b == 32 or b == 9 or b == 10 or b == 13 then
+        paren = match(text, "^%s*()%(", after)
+      elseif b == 87 and op == "get" then
+        paren = match(text, "^WithMetadata%s*()%(", after)
+      end
+      if paren then
+        n = n + 1
+        cands[n] = p
+        ops[p], parens[p] = op, paren
+      end
+      p = find(text, needle, after, true)
+    end
+  end
+  local sites, excluded = {}, {}
+  local facts = {}
+  -- what the file says about bindings, for the second pass
+  if find(text, "idFromName", 1, true) or find(text, "idFromString", 1, true) or find(text, "newUniqueId", 1, true)
+    or find(text, "getByName", 1, true) then
+    facts.do_bindings = {}
+    for _, call in ipairs({ "idFromName", "idFromString", "newUniqueId", "getByName" }) do
+      for name in gmatch(text, "([%w_$]+)%." .. call .. "%f[^%w_$]") do facts.do_bindings[name] = true end
+    end
+  end
+  for _, tname in ipairs(BINDING_TYPES) do
+    if find(text, tname, 1, true) then
+      facts.types = facts.types or {}
+      for name in gmatch(text, "([%w_$]+)%s*%??%s*:%s*" .. tname .. "%f[^%w_$]") do facts.types[name] = tname end
+    end
+  end
+  if n == 0 then return sites, excluded, facts end
+  if n > 1 then table.sort(cands) end
+
+  -- pass 1: what each receiver is (memoised per receiver: cheap)
+  local F = setmetatable({ text = text, memo = {}, defs = {}, assigns = {}, heads = {}, A = A }, File)
+  local res, recv = {}, {}
+  local last_kv = 0
+  for i = 1, n do
+    local dot = cands[i]
+    local R = receiver_at(F, dot)
+    recv[i] = R
+    local r = R and resolve(F, R) or nonkv(EXPR_REASON)
+    res[i] = r
+    if r.kv then last_kv = dot end
+  end
+
+  -- pass 2: only files with a KV-looking call are lexed, and only up to it
+  local S, E, ns = {}, {}, 0
+  if last_kv > 0 then S, E, ns = M.lex(text, last_kv) end
+  local line_of = line_counter(text)
+  local shown, all_lines, quota = A.shown, A.all_lines, A.examples
+  local j = 1
+  for i = 1, n do
+    local dot = cands[i]
+    local op = ops[dot]
+    local r, R = res[i], recv[i]
+    local reason
+    if r.kv then
+      while j <= ns and E[j] < dot do j = j + 1 end
+      if j <= ns and S[j] <= dot then reason = COMMENT_REASON end
+    else
+      reason = r.reason
+      if r.unknown and op == "put" and find(words(R), "_cache_", 1, true) then
+        local args = M.call_args(text, parens[dot])
+        local a1 = args and trimmed(text, args[1]) or ""
+        if args and #args == 2 and (find(a1, "^[%w_$%.]*[rR]eq") or find(a1, "^new%s+Request")) then
+          reason = "Cache API: cache.put(request, response), not KV"
+        end
+      end
+    end
+    if reason then
+      local group = r.unknown and reason_group(reason) or reason
+      local c = shown[group] or 0
+      local line
+      if all_lines or c < quota then
+        shown[group] = c + 1
+        line = line_of(dot)
+      end
+      excluded[#excluded + 1] = { file = path, line = line, op = op, receiver = R or "", reason = reason, group = group }
+    else
+      local line = line_of(dot)
+      local a1, a3, nargs = key_args(text, parens[dot], op)
+      if op == "get" and nargs == 0 then
+        reason = "get() with no key is not a KV read (a Secrets Store or other binding)"
+        excluded[#excluded + 1] = { file = path, line = line, op = op, receiver = R, reason = reason, group = reason }
+      else
+        local site = { file = path, line = line, op = op, binding = r.binding, receiver = R, via = r.via, how = r.how,
+          key_expr = a1 and a1:gsub("%s+", " ") or "" }
+        if op == "list" then
+          site.prefix = list_prefix(F, a1, dot)
+        else
+          site.key, site.prefix = literal_head(F, a1, dot, 0)
+        end
+        if op == "put" then site.ttl = ttl_of(F, a3, dot) end
+        if op == "put" or op == "list" then site.hot, site.fn = context_at(F, dot) end
+        sites[#sites + 1] = site
+      end
+    end
+  end
+  return sites, excluded, facts
+end
+
+-- ------------------------------------------------------------ config
+
+---Read ROOT/kvaudit.json when present: { bindings = [...], not_kv = [...],
+---exclude = [globs], skip_dirs = [...], exclusions = [{ receiver, reason }] }.
+---@param root string
+---@return table|nil config ({} when there is no file), string? err
+function M.load_config(root)
+  local path = fs.join(root, M.CONFIG_FILE)
+  local text, err, code = fs.read(path)
+  if not text then
+    if code == "ENOENT" then return {} end
+    return nil, err
+  end
+  local cfg, jerr = require("cjson.safe").decode(text)
+  if type(cfg) ~= "table" then
+    return nil, ("%s: not valid JSON (%s); see docs/KVAUDIT.md for its fields"):format(path, tostring(jerr))
+  end
+  for _, k in ipairs({ "bindings", "not_kv", "exclude", "skip_dirs", "exclusions" }) do
+    if cfg[k] ~= nil and type(cfg[k]) ~= "table" then
+      return nil, ("%s: %s must be a list"):format(path, k)
+    end
+  end
+  for i, x in ipairs(cfg.exclusions or {}) do
+    if type(x) ~= "table" or type(x.receiver) ~= "string" or type(x.reason) ~= "string" then
+      return nil, ("%s: exclusions[%d] needs a receiver and a reason (strings)"):format(path, i)
+    end
+  end
+  cfg.path = path
+  return cfg
+end
+
+local function append(dst, src)
+  for _, v in ipairs(src or {}) do dst[#dst + 1] = v end
+  return dst
+end
+
+-- ------------------------------------------------------------ scan
+
+-- Is binding NAME (reached through env, an alias or a global) a KV
+-- namespace? true and what says so, or false and why not.
+local function binding_verdict(name, kinds)
+  local k = kinds[name]
+  if k then
+    if k.kind == "kv" then return true, "a KV namespace in " .. k.source end
+    return false, ("%s is %s (%s), not KV"):format(name, KIND_LABEL[k.kind] or k.kind, k.source)
+  end
+  local up = name:upper()
+  if find(up, "BUCKET", 1, true) or find(up, "%f[%w]R2%f[^%w]") then
+    return false, name .. " is named like an R2 bucket (declare it in wrangler.toml or kvaudit.json to be sure)"
+  end
+  if find(up, "DURABLE", 1, true) or find(words(name), "_do_", 1, true) then
+    return false, name .. " is named like a Durable Object namespace (declare it in wrangler.toml or kvaudit.json)"
+  end
+  return true, "not declared in a wrangler config; taken as KV"
+end
+
+local function decide_binding(site, kinds, memo)
+  local name = site.binding
+  if site.via == "named" or site.via == "typed" then
+    local k = kinds[name]
+    if k and k.kind ~= "kv" then return false, ("%s is %s (%s)"):format(name, KIND_LABEL[k.kind] or k.kind, k.source) end
+    return true
+  end
+  local v = memo[name]
+  if not v then
+    v = { binding_verdict(name, kinds) }
+    memo[name] = v
+  end
+  if v[1] then site.how = site.how .. " (" .. v[2] .. ")" end
+  return v[1], v[2]
+end
+
+---Scan a tree for KV call sites.
+---@param root string
+---@param opts table|nil { exclude = "globs,..." | {...}, bindings = {...}, not_kv = {...},
+---  skip_dirs = {...}, config = false (ignore kvaudit.json), progress = fn(done, total),
+---  all_lines = bool (a line for every excluded lookalike), examples = 3 }
+---@return table|nil result { root, files, bytes, sites, excluded, errors, bindings, config }, string? err
+function M.scan(root, opts)
+  opts = opts or {}
+  local st, serr = fs.stat(root)
+  if not st then return nil, ("root %s: %s; pass -p root=DIR (a directory to audit)"):format(root, serr) end
+  if st.type ~= "dir" then return nil, ("root %s is not a directory; pass -p root=DIR"):format(root) end
+  local cfg = {}
+  if opts.config ~= false then
+    local c, cerr = M.load_config(root)
+    if not c then return nil, cerr end
+    cfg = c
+  end
+  local skip = append(append(append({}, M.SKIP_DIRS), cfg.skip_dirs), opts.skip_dirs)
+  local paths, werr, wcode = fs.walk(root, { skip = skip })
+  if not paths then return nil, ("walk %s: %s (%s)"):format(root, werr, wcode) end
+  local globs = append({}, cfg.exclude)
+  if type(opts.exclude) == "string" then
+    for g in opts.exclude:gmatch("[^,]+") do globs[#globs + 1] = g:match("^%s*(.-)%s*$") end
+  else
+    append(globs, opts.exclude)
+  end
+  local excluded_by = M.glob_matcher(globs)
+
+  -- what bindings are: configuration first, then wrangler configs
+  local kinds = {}
+  local function declare(name, kind, source)
+    if not kinds[name] then kinds[name] = { kind = kind, source = source } end
+  end
+  local not_kv = {}
+  for _, src in ipairs({ opts, cfg }) do
+    local label = src == cfg and M.CONFIG_FILE or "parameters"
+    for _, b in ipairs(src.bindings or {}) do declare(b, "kv", label) end
+    for _, b in ipairs(src.not_kv or {}) do declare(b, "other", label) end
+    for _, x in ipairs(src.exclusions or {}) do
+      not_kv[x.receiver] = x.reason .. " (" .. label .. " exclusion)"
+    end
+  end
+  local sources, errors, wranglers = {}, {}, {}
+  local bytes = 0
+  for _, rel in ipairs(paths) do
+    local base = rel:match("([^/]*)$")
+    if M.WRANGLER_FILES[base] and not excluded_by(rel) then
+      wranglers[#wranglers + 1] = rel
+    else
+      local ext = base:match("%.([%w]+)$")
+      if ext and M.EXTENSIONS[ext] and not excluded_by(rel) then sources[#sources + 1] = rel end
+    end
+  end
+  for _, rel in ipairs(wranglers) do
+    local text, err = fs.read(fs.join(root, rel))
+    local b, berr
+    if text then b, berr = M.wrangler_bindings(text, rel) end
+    if not b then
+      errors[#errors + 1] = { file = rel, message = err or berr }
+    else
+      for name, kind in pairs(b) do declare(name, kind, rel) end
+    end
+  end
+  local known_kv = {}
+  for name, k in pairs(kinds) do if k.kind == "kv" then known_kv[#known_kv + 1] = name end end
+  local A = M.analyzer({ bindings = known_kv, not_kv = not_kv, all_lines = opts.all_lines, examples = opts.examples })
+
+  local sites, excluded = {}, {}
+  local do_names, typed = {}, {}
+  local total = #sources
+  local progress = opts.progress
+  local read = fs.read
+  for i, rel in ipairs(sources) do
+    local text, err = read(root == "." and rel or (root .. "/" .. rel))
+    if not text then
+      errors[#errors + 1] = { file = rel, message = err }
+    else
+      bytes = bytes + #text
+      local s, x, facts = M.analyze(text, rel, A)
+      for _, v in ipairs(s) do sites[#sites + 1] = v end
+      for _, v in ipairs(x) do excluded[#excluded + 1] = v end
+      if facts.do_bindings then
+        for name in pairs(facts.do_bindings) do do_names[name] = do_names[name] or rel end
+      end
+      if facts.types then
+        for name, t in pairs(facts.types) do typed[name] = typed[name] or { t = t, file = rel } end
+      end
+    end
+    if progress and (i % 200 == 0 or i == total) then progress(i, total) end
+  end
+  if progress and total == 0 then progress(0, 0) end
+
+  -- second pass: env bindings against what the configs and the code say
+  for name, t in pairs(typed) do
+    if t.t == "KVNamespace" then
+      declare(name, "kv", "typed KVNamespace in " .. t.file)
+    elseif t.t == "R2Bucket" then
+      declare(name, "r2", "typed R2Bucket in " .. t.file)
+    elseif t.t == "DurableObjectNamespace" then
+      declare(name, "do", "typed DurableObjectNamespace in " .. t.file)
+    elseif t.t == "D1Database" then
+      declare(name, "d1", "typed D1Database in " .. t.file)
+    end
+  end
+  for name, file in pairs(do_names) do declare(name, "do", "used with idFromName/newUniqueId in " .. file) end
+  local kept, verdicts = {}, {}
+  for _, s in ipairs(sites) do
+    local ok, why = decide_binding(s, kinds, verdicts)
+    if ok then
+      kept[#kept + 1] = s
+    else
+      excluded[#excluded + 1] = { file = s.file, line = s.line, op = s.op, receiver = s.receiver, reason = why, group = why }
+    end
+  end
+  sites = kept
+
+  -- identities for the baseline: file, op, binding, key expression and the
+  -- occurrence among identical ones — not the line, which moves with edits
+  local seen = {}
+  for _, s in ipairs(sites) do
+    local base = table.concat({ s.file, s.op, s.binding, s.key_expr }, "|")
+    seen[base] = (seen[base] or 0) + 1
+    s.id = base .. "#" .. seen[base]
+  end
+  local by_kind = {}
+  for name, k in pairs(kinds) do by_kind[name] = { kind = k.kind, source = k.source } end
+  return {
+    root = root, files = total, bytes = bytes, sites = sites, excluded = excluded, errors = errors,
+    bindings = by_kind, config = cfg.path, wrangler = wranglers,
+  }
+end
+
+-- ------------------------------------------------------------ classification
+
+-- Ordered: within one piece of evidence, the first word with an A or B
+-- rule decides; C (cache) words only when no A/B word is there.
+M.RULES = {
+  { cat = "B", what = "queue / lease state",
+    words = { "lease", "leases", "queue", "queues", "task", "tasks", "job", "jobs", "result", "results", "inflight", "claim" },
+    home = "D1 (claim/list/result as rows; no KV list), or a Durable Object",
+    why = "a queue on KV puts per task and lists leases: both hit the daily limits first" },
+  { cat = "B", what = "rate limiter",
+    words = { "rate", "ratelimit", "ratelimiter", "limiter", "throttle", "quota", "counter", "counters", "hits" },
+    home = "Durable Object (one per key, or sharded)",
+    why = "a put per request on the hot path" },
+  { cat = "A", what = "lock", words = { "lock", "locks", "mutex", "leader", "semaphore" },
+    home = "Durable Object (recommended), or a D1 lock table with a UNIQUE key",
+    why = "KV is eventually consistent and a failed put leaves the lock wrong" },
+  { cat = "A", what = "idempotency / dedup",
+    words = { "idempotency", "idempotent", "idem", "dedup", "dedupe", "nonce", "nonces", "seen", "processed" },
+    home = "D1 (UNIQUE constraint on the key)",
+    why = "duplicate suppression must not fail open when a KV put is refused" },
+  { cat = "A", what = "token / credential",
+    words = { "token", "tokens", "oauth", "refresh", "credential", "credentials", "apikey", "secret", "secrets", "mapping", "mappings" },
+    home = "D1 (encrypted, with TTL / rotation)",
+    why = "losing a refresh token or key mapping breaks the integration" },
+  { cat = "A", what = "run state",
+    words = { "last_run", "lastrun", "cron", "schedule", "scheduler", "checkpoint", "cursor", "state", "status", "heartbeat" },
+    home = "D1 (a row per job), or a Durable Object",
+    why = "automation stops when this put is refused (\"KV put() limit exceeded\")" },
+  { cat = "B", what = "high-frequency writes",
+    words = { "poll", "poller", "metric", "metrics", "stats", "usage", "analytics", "event", "events", "log", "logs",
+      "visit", "visits", "views", "activity" },
+    home = "Durable Object (buffer, then write in batches)",
+    why = "a put per event adds up against the daily put limit" },
+  { cat = "C", what = "cache",
+    words = { "cache", "cached", "page", "pages", "html", "render", "rendered", "fragment", "feed", "response",
+      "preview", "asset", "assets", "thumb", "thumbnail", "og" },
+    home = "KV (keep): TTL required; fewer puts (batch, sample, debounce)",
+    why = "a cache may be lost; it belongs in KV with a TTL" },
+}
+local WORD_RULE = {}
+for _, rule in ipairs(M.RULES) do
+  for _, w in ipairs(rule.words) do WORD_RULE[w] = WORD_RULE[w] or rule end
+end
+M.CATEGORY_NAMES = { A = "control plane", B = "high frequency", C = "cache" }
+
+local function rule_for(text, memo)
+  if not text or text == "" then return nil end
+  local m = memo[text]
+  if m ~= nil then return m or nil end
+  local r = M._rule_for(text)
+  memo[text] = r or false
+  return r
+end
+
+function M._rule_for(text)
+  if find(text, "%u") then
+    text = text:gsub("(%l)(%u)", "%1 %2"):gsub("(%u)(%u%l)", "%1 %2"):lower()
+  end
+  local cache_rule, prev
+  for w in gmatch(text, "%a+") do
+    -- a word, or the two last words together (last_run)
+    local rule = WORD_RULE[w] or (prev and WORD_RULE[prev .. "_" .. w])
+    if rule and rule.cat ~= "C" then return rule end
+    if rule and not cache_rule then cache_rule = rule end
+    prev = w
+  end
+  return cache_rule
+end
+
+local DEFAULT_C = { cat = "C", what = "cache (no other sign)", home = "KV (keep): TTL required; fewer puts (batch, sample, debounce)",
+  why = "nothing in key, function or binding says control plane or high frequency" }
+local HOT_B = { cat = "B", what = "writes on a hot path", home = "Durable Object (buffer, then write in batches)",
+  why = "a put or list on a path that runs all the time" }
+
+---Give every site a category (A control plane, B high frequency, C cache),
+---the evidence, and its suggested home.
+---@param result table  from M.scan
+---@return table result
+function M.classify(result)
+  local memo = {}
+  for _, s in ipairs(result.sites) do
+    local evidence = {
+      { label = s.op == "list" and "list prefix" or "key", text = s.prefix or s.key },
+      { label = "function", text = s.fn },
+      { label = "binding", text = s.binding },
+      { label = "receiver", text = s.receiver and s.receiver:match("([%w_$]+)$") },
+    }
+    local chosen, how
+    for pass = 1, 2 do
+      for _, ev in ipairs(evidence) do
+        local rule = rule_for(ev.text, memo)
+        if rule and (pass == 2 or rule.cat ~= "C") then
+          chosen = rule
+          how = ('%s (%s "%s")'):format(rule.what, ev.label, ev.text)
+          break
+        end
+      end
+      if chosen then break end
+    end
+    if not chosen and s.hot and (s.op == "put" or s.op == "list") then
+      chosen, how = HOT_B, HOT_B.what .. ": " .. s.hot
+    end
+    if not chosen then chosen, how = DEFAULT_C, DEFAULT_C.what .. ": " .. DEFAULT_C.why end
+    s.category = chosen.cat
+    s.category_reason = how
+    s.what = chosen.what
+    s.home = chosen.home
+    s.home_reason = chosen.why
+  end
+  return result
+end
+
+-- ------------------------------------------------------------ report
+
+---Totals: sites, per op, puts without TTL, lists on hot paths, per category.
+---@param result table
+function M.totals(result)
+  local t = { sites = #result.sites, put = 0, get = 0, delete = 0, list = 0, put_without_ttl = 0,
+    put_ttl_unknown = 0, list_hot = 0, A = 0, B = 0, C = 0, excluded = #result.excluded, files = result.files }
+  for _, s in ipairs(result.sites) do
+    t[s.op] = t[s.op] + 1
+    if s.op == "put" and s.ttl == "no" then t.put_without_ttl = t.put_without_ttl + 1 end
+    if s.op == "put" and s.ttl == "unknown" then t.put_ttl_unknown = t.put_ttl_unknown + 1 end
+    if s.op == "list" and s.hot then t.list_hot = t.list_hot + 1 end
+    if s.category then t[s.category] = t[s.category] + 1 end
+  end
+  return t
+end
+
+local function family(s)
+  local p = s.prefix
+  if not p or p == "" then return nil end
+  if s.key then return p:match("^(.*[:/])") or p end
+  return p
+end
+
+local CAT_SCORE = { A = 30, B = 20, C = 0 }
+
+---The sites worth moving first, grouped by binding, key family and
+---category: control plane and high frequency first, then puts without a
+---TTL and lists on hot paths.
+---@param result table  classified
+---@param n integer|nil  how many (default 10)
+function M.candidates(result, n)
+  local groups, order = {}, {}
+  for _, s in ipairs(result.sites) do
+    local score = CAT_SCORE[s.category] or 0
+    local issues = {}
+    if s.op == "put" then score = score + 10 end
+    if s.op == "list" then score = score + 8 end
+    if s.op == "put" and s.ttl == "no" then
+      score = score + 5
+      issues[#issues + 1] = "put without TTL"
+    end
+    -- a cache filled on every request is what a cache is for; a list there,
+    -- or a control-plane put, is not
+    if s.hot and (s.op == "list" or (s.op == "put" and s.category ~= "C")) then
+      score = score + 10
+      issues[#issues + 1] = s.op .. " " .. s.hot
+    end
+    local worth = s.category ~= "C" or #issues > 0
+    if worth then
+      local fam = family(s)
+      local key = table.concat({ s.binding, fam or "(dynamic key)", s.category }, "\0")
+      local g = groups[key]
+      if not g then
+        g = { binding = s.binding, family = fam, category = s.category, what = s.what, home = s.home,
+          reason = s.home_reason, evidence = s.category_reason, sites = {}, issues = {}, score = 0, ops = {} }
+        groups[key] = g
+        order[#order + 1] = g
+      end
+      g.sites[#g.sites + 1] = s
+      g.ops[s.op] = (g.ops[s.op] or 0) + 1
+      for _, i in ipairs(issues) do g.issues[i] = true end
+      if score > g.score then g.score = score end
+    end
+  end
+  for _, g in ipairs(order) do
+    g.score = g.score + math.min(#g.sites, 10)
+    if g.category == "C" then
+      g.home = "KV (keep), but " .. (g.issues["put without TTL"] and "add expirationTtl" or "take the list off the hot path")
+    end
+    local list = {}
+    for i in pairs(g.issues) do list[#list + 1] = i end
+    table.sort(list)
+    g.issue_list = list
+  end
+  table.sort(order, function(a, b)
+    if a.score ~= b.score then return a.score > b.score end
+    local sa, sb = a.sites[1], b.sites[1]
+    if sa.file ~= sb.file then return sa.file < sb.file end
+    return sa.line < sb.line
+  end)
+  local out = {}
+  for i = 1, math.min(n or 10, #order) do out[i] = order[i] end
+  return out
+end
+
+local function where(s) return ("%s:%d"):format(s.file, s.line) end
+
+local function describe(s)
+  local bits = { where(s), s.op, s.binding }
+  if s.op == "list" then
+    bits[#bits + 1] = s.prefix and ('prefix "%s"'):format(s.prefix) or "no prefix (the whole namespace)"
+  elseif s.key then
+    bits[#bits + 1] = ('key "%s"'):format(s.key)
+  elseif s.prefix then
+    bits[#bits + 1] = ('key "%s…"'):format(s.prefix)
+  end
+  return table.concat(bits, " ")
+end
+M.describe = describe
+
+local function ops_text(ops)
+  local parts = {}
+  for _, op in ipairs(M.OPS) do if ops[op] then parts[#parts + 1] = ("%s %d"):format(op, ops[op]) end end
+  return table.concat(parts, ", ")
+end
+
+---The report as lines: totals, exclusions by reason, puts without TTL,
+---lists on hot paths, the top migration candidates.
+---@param result table  classified
+---@param o table|nil { limit = 20 }  how many sites to show per list
+---@return string[]
+function M.report(result, o)
+  local limit = o and o.limit or 20
+  local t = M.totals(result)
+  local L = {}
+  local function add(fmt, ...) L[#L + 1] = select("#", ...) > 0 and fmt:format(...) or fmt end
+  add("%d KV sites in %d files scanned (%.1f MB): put %d, get %d, delete %d, list %d", t.sites, t.files,
+    result.bytes / 1e6, t.put, t.get, t.delete, t.list)
+  add("categories: A control plane %d, B high frequency %d, C cache %d", t.A, t.B, t.C)
+  local per = {}
+  for _, s in ipairs(result.sites) do per[s.binding] = (per[s.binding] or 0) + 1 end
+  local names = {}
+  for k in pairs(per) do names[#names + 1] = k end
+  table.sort(names, function(a, b)
+    if per[a] ~= per[b] then return per[a] > per[b] end
+    return a < b
+  end)
+  if #names > 0 then
+    local parts = {}
+    for _, k in ipairs(names) do parts[#parts + 1] = ("%s %d"):format(k, per[k]) end
+    add("by binding: %s", table.concat(parts, ", "))
+  end
+  local reasons, rorder, example = {}, {}, {}
+  for _, x in ipairs(result.excluded) do
+    local r = x.group or x.reason
+    if not reasons[r] then
+      reasons[r] = 0
+      rorder[#rorder + 1] = r
+    end
+    reasons[r] = reasons[r] + 1
+    if not example[r] and x.line then example[r] = x end
+  end
+  table.sort(rorder, function(a, b)
+    if reasons[a] ~= reasons[b] then return reasons[a] > reasons[b] end
+    return a < b
+  end)
+  add("excluded %d lookalikes:", t.excluded)
+  for _, r in ipairs(rorder) do
+    local e = example[r]
+    add("  %5d  %s%s", reasons[r], r, e and (" (e.g. %s:%d %s.%s)"):format(e.file, e.line, e.receiver, e.op) or "")
+  end
+
+  local function section(title, list, extra)
+    add("%s (%d):", title, #list)
+    for i = 1, math.min(#list, limit) do add("  %s — %s", describe(list[i]), extra(list[i])) end
+    if #list > limit then add("  … and %d more (all of them are in the baseline JSON)", #list - limit) end
+  end
+  local nottl, unknown, hot = {}, {}, {}
+  for _, s in ipairs(result.sites) do
+    if s.op == "put" and s.ttl == "no" then nottl[#nottl + 1] = s end
+    if s.op == "put" and s.ttl == "unknown" then unknown[#unknown + 1] = s end
+    if s.op == "list" and s.hot then hot[#hot + 1] = s end
+  end
+  section("puts without TTL", nottl, function(s) return s.category .. " " .. s.what end)
+  if #unknown > 0 then
+    section("puts whose options are not written out here (TTL unknown)", unknown, function(s) return s.category .. " " .. s.what end)
+  end
+  section("lists on hot paths", hot, function(s) return s.hot .. (s.fn and (" in " .. s.fn) or "") end)
+  local top = M.candidates(result, 10)
+  add("top %d migration candidates:", #top)
+  for i, g in ipairs(top) do
+    add("  %2d. %s %s — %s %s → %s", i, g.binding, g.family and ('"' .. g.family .. '"') or "(dynamic key)",
+      g.category, g.what, g.home)
+    add("      %d site%s (%s)%s; e.g. %s; why: %s", #g.sites, #g.sites == 1 and "" or "s", ops_text(g.ops),
+      #g.issue_list > 0 and ("; " .. table.concat(g.issue_list, "; ")) or "", where(g.sites[1]), g.evidence)
+  end
+  if #result.errors > 0 then
+    add("unreadable files (%d):", #result.errors)
+    for i = 1, math.min(#result.errors, limit) do add("  %s: %s", result.errors[i].file, result.errors[i].message) end
+  end
+  return L
+end
+
+-- ------------------------------------------------------------ baseline
+
+M.BASELINE_VERSION = 1
+
+---The baseline document (JSON-ready): totals and every site.
+---@param result table  classified
+function M.baseline(result)
+  local t = M.totals(result)
+  local sites = {}
+  for i, s in ipairs(result.sites) do
+    sites[i] = { id = s.id, file = s.file, line = s.line, op = s.op, binding = s.binding, ttl = s.ttl,
+      key = s.key, prefix = s.prefix, hot = s.hot, category = s.category }
+  end
+  return {
+    version = M.BASELINE_VERSION, tool = "runbook kv-audit",
+    totals = { sites = t.sites, put = t.put, get = t.get, delete = t.delete, list = t.list,
+      put_without_ttl = t.put_without_ttl, list_hot = t.list_hot, A = t.A, B = t.B, C = t.C },
+    sites = sites,
+  }
+end
+
+---@param result table  classified
+---@return string json
+function M.encode_baseline(result)
+  local cjson = require("cjson")
+  return cjson.encode(M.baseline(result)) .. "\n"
+end
+
+---Parse a baseline file's text.
+---@param text string
+---@param path string|nil  for messages
+---@return table|nil baseline, string? err
+function M.decode_baseline(text, path)
+  path = path or "baseline"
+  local doc = require("cjson.safe").decode(text)
+  if type(doc) ~= "table" or type(doc.sites) ~= "table" or type(doc.totals) ~= "table" then
+    return nil, ("%s is not a kv-audit baseline (no sites/totals); write one with -p write_baseline=%s"):format(path, path)
+  end
+  if doc.version ~= M.BASELINE_VERSION then
+    return nil, ("%s has baseline version %s, this runbook writes %d; write it again with -p write_baseline=%s")
+      :format(path, tostring(doc.version), M.BASELINE_VERSION, path)
+  end
+  return doc
+end
+
+local function list_sites(list, max)
+  local parts = {}
+  for i = 1, math.min(#list, max or 20) do parts[i] = describe(list[i]) end
+  local s = table.concat(parts, "; ")
+  if #list > (max or 20) then s = s .. ("; … and %d more"):format(#list - (max or 20)) end
+  return s
+end
+M.list_sites = list_sites
+
+---Compare a scan with a baseline. New TTL-less puts and new lists always
+---fail; the total and the puts may grow by the allowances.
+---@param base table  from decode_baseline
+---@param result table  classified
+---@param allow table|nil { total = 0, puts = 0 }
+---@return table { ok, rules = { { name, ok, message, sites } }, new, removed, totals, base_totals }
+function M.compare(base, result, allow)
+  allow = allow or {}
+  local count = {}
+  for _, s in ipairs(base.sites) do
+    if s.id then count[s.id] = (count[s.id] or 0) + 1 end
+  end
+  local new = {}
+  for _, s in ipairs(result.sites) do
+    local c = count[s.id]
+    if c and c > 0 then count[s.id] = c - 1 else new[#new + 1] = s end
+  end
+  local removed = {}
+  for _, s in ipairs(base.sites) do
+    if s.id and (count[s.id] or 0) > 0 then
+      count[s.id] = count[s.id] - 1
+      removed[#removed + 1] = s
+    end
+  end
+  local t, bt = M.totals(result), base.totals
+  local new_nottl, new_lists, new_puts = {}, {}, {}
+  for _, s in ipairs(new) do
+    if s.op == "put" then new_puts[#new_puts + 1] = s end
+    if s.op == "put" and s.ttl == "no" then new_nottl[#new_nottl + 1] = s end
+    if s.op == "list" then new_lists[#new_lists + 1] = s end
+  end
+  local rules = {}
+  local function rule(name, ok, message, sites)
+    rules[#rules + 1] = { name = name, ok = ok, message = message, sites = sites }
+  end
+  rule("no new put without a TTL", #new_nottl == 0,
+    #new_nottl > 0 and (("%d new put%s without expirationTtl: %s — add expirationTtl, or move it to D1/a Durable Object")
+      :format(#new_nottl, #new_nottl == 1 and "" or "s", list_sites(new_nottl))) or nil, new_nottl)
+  rule("no new list", #new_lists == 0,
+    #new_lists > 0 and (("%d new list call%s: %s — KV list counts against the daily limit; review it, then refresh the baseline")
+      :format(#new_lists, #new_lists == 1 and "" or "s", list_sites(new_lists))) or nil, new_lists)
+  local dt = t.sites - (tonumber(bt.sites) or 0)
+  local atot = allow.total or 0
+  rule(("total KV sites grew by at most %d"):format(atot), dt <= atot,
+    dt > atot and (("KV sites grew by %d (%d → %d), more than the allowed %d; new: %s")
+      :format(dt, bt.sites, t.sites, atot, list_sites(new))) or nil, new)
+  local dp = t.put - (tonumber(bt.put) or 0)
+  local aput = allow.puts or 0
+  rule(("puts grew by at most %d"):format(aput), dp <= aput,
+    dp > aput and (("puts grew by %d (%d → %d), more than the allowed %d; new: %s")
+      :format(dp, bt.put, t.put, aput, list_sites(new_puts))) or nil, new_puts)
+  local ok = true
+  for _, r in ipairs(rules) do ok = ok and r.ok end
+  return { ok = ok, rules = rules, new = new, removed = removed, totals = t, base_totals = bt }
+end
+
+return M
