@@ -49,13 +49,28 @@ local function check_def(def, origin)
   return def
 end
 
+-- What a runbook file raised while loading, as a message naming the file:
+-- the DSL's own errors name the runbook but not where it lives, and a
+-- file may raise any value at all.
+local function load_error(path, e)
+  local ok, msg = false, nil
+  if type(e) == "string" or type(e) == "number" or (getmetatable(e) or {}).__tostring then
+    ok, msg = pcall(tostring, e)
+  end
+  if not ok or type(msg) ~= "string" then
+    msg = ("raised a %s value, not an error message"):format(type(e))
+  end
+  if not msg:find(path, 1, true) then msg = path .. ": " .. msg end
+  return msg
+end
+
 ---Load a runbook file.
 ---@return table|nil def, string|nil err
 function M.load_file(path)
   local chunk, err = loadfile(path, "t")
-  if not chunk then return nil, err end
+  if not chunk then return nil, load_error(path, err) end
   local ok, def = pcall(chunk)
-  if not ok then return nil, tostring(def) end
+  if not ok then return nil, load_error(path, def) end
   def = select(1, check_def(def, path))
   if not def then return nil, path .. ": does not return rb.runbook{...}" end
   def.source = path

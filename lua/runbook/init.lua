@@ -71,6 +71,23 @@ function M.runbook(def)
       end
     end
     if not s.run then bad(name, "step %d (%s) has no run function", i, s.title) end
+    -- what the engine and `show` compute with must be usable numbers
+    if s.timeout ~= nil and not (s.timeout > 0 and s.timeout < math.huge) then
+      bad(name, "step %d (%s): timeout must be a positive number of seconds", i, s.title)
+    end
+    local r = s.retry
+    if r ~= nil then
+      local a, d, b = r.attempts, r.delay, r.backoff
+      if a ~= nil and not (type(a) == "number" and a >= 1 and a < math.huge and a == math.floor(a)) then
+        bad(name, "step %d (%s): retry.attempts must be a whole number >= 1", i, s.title)
+      end
+      if d ~= nil and not (type(d) == "number" and d >= 0 and d < math.huge) then
+        bad(name, "step %d (%s): retry.delay must be a number of seconds >= 0", i, s.title)
+      end
+      if b ~= nil and not (type(b) == "number" and b >= 1 and b < math.huge) then
+        bad(name, "step %d (%s): retry.backoff must be a number >= 1", i, s.title)
+      end
+    end
     if s.verify == nil and s.no_verify == nil then
       bad(name, "step %d (%s) has no verify; add verify = {...} or no_verify = \"why\"", i, s.title)
     end
@@ -80,7 +97,11 @@ function M.runbook(def)
       end
     end
   end
-  if def.envs ~= nil and type(def.envs) ~= "table" then bad(name, "envs must be a list of names") end
+  if def.envs ~= nil then
+    local ok = type(def.envs) == "table"
+    for _, e in ipairs(ok and def.envs or {}) do ok = ok and type(e) == "string" and e ~= "" end
+    if not ok then bad(name, "envs must be a list of names") end
+  end
   if def.read_only ~= nil and type(def.read_only) ~= "boolean" then bad(name, "read_only must be true or false") end
   def.kind = "runbook"
   return def

@@ -9,22 +9,37 @@ M.types = { string = true, int = true, number = true, bool = true, url = true,
 
 local UNITS = { ms = 0.001, s = 1, m = 60, h = 3600, d = 86400 }
 
+-- A value as a message shows it: quoted, on one line, without terminal
+-- control bytes (escaped as \ddd), and cut after 60 bytes: whatever was
+-- typed, the refusal stays one readable line.
+local function shown(v)
+  local s = tostring(v)
+  local cut = #s > 60
+  if cut then s = s:sub(1, 60):gsub("[\192-\255][\128-\191]*$", "") end
+  s = s:gsub("[%c\127]", function(ch) return ("\\%03d"):format(ch:byte()) end)
+  return "'" .. s .. (cut and "...'" or "'")
+end
+
 ---Parse a duration like "90", "30s", "5m", "1h30m", "250ms" into seconds.
 ---@param s string
 ---@return number|nil seconds, string|nil why
 function M.duration(s)
   if type(s) == "number" then return s end
   if type(s) ~= "string" or s == "" then return nil, "expected a duration like 30s, 5m or 1h30m" end
-  if s:match("^%d+%.?%d*$") then return tonumber(s) end
+  local bad = ("%s is not a duration (use e.g. 30s, 5m, 1h30m)"):format(shown(s))
   local total, pos = 0, 1
-  while pos <= #s do
-    local num, unit, nxt = s:match("^(%d+%.?%d*)(%a+)()", pos)
-    if not num or not UNITS[unit] then
-      return nil, ("'%s' is not a duration (use e.g. 30s, 5m, 1h30m)"):format(s)
+  if s:match("^%d+%.?%d*$") then
+    total = tonumber(s)
+  else
+    while pos <= #s do
+      local num, unit, nxt = s:match("^(%d+%.?%d*)(%a+)()", pos)
+      if not num or not UNITS[unit] then return nil, bad end
+      total = total + tonumber(num) * UNITS[unit]
+      pos = nxt
     end
-    total = total + tonumber(num) * UNITS[unit]
-    pos = nxt
   end
+  -- 400 digits read as a float are infinite: no wait may last forever
+  if total == math.huge then return nil, bad end
   return total
 end
 
@@ -63,6 +78,9 @@ local function convert(p, raw)
   return nil, "unknown type " .. tostring(t)
 end
 
+local FIELD_TYPES = { min = "number", max = "number", pattern = "string", validate = "function", env = "string",
+  help = "string" }
+
 ---Check a runbook's parameter declarations (raises on a malformed runbook).
 ---@param list table
 ---@param where string  the runbook name, for the message
@@ -77,8 +95,21 @@ function M.declare(list, where)
       error(("%s: parameter %s has unknown type %s"):format(where, p.name, tostring(p.type)), 0)
     end
     p.type = p.type or "string"
-    if p.type == "enum" and type(p.values) ~= "table" then
-      error(("%s: enum parameter %s needs values = {...}"):format(where, p.name), 0)
+    if p.type == "enum" then
+      local ok = type(p.values) == "table" and #p.values > 0
+      for _, v in ipairs(ok and p.values or {}) do ok = ok and type(v) == "string" end
+      if not ok then
+        error(("%s: enum parameter %s needs values = { \"a\", \"b\", ... } (strings)"):format(where, p.name), 0)
+      end
+    end
+    -- a field of the wrong type would only fail (or be ignored) mid-run
+    for field, want in pairs(FIELD_TYPES) do
+      if p[field] ~= nil and type(p[field]) ~= want then
+        error(("%s: parameter %s: %s must be a %s"):format(where, p.name, field, want), 0)
+      end
+    end
+    if p.env ~= nil and not p.env:match("^[%a_][%w_]*$") then
+      error(("%s: parameter %s: env must be an environment variable name"):format(where, p.name), 0)
     end
     if by_name[p.name] then error(("%s: parameter %s declared twice"):format(where, p.name), 0) end
     by_name[p.name] = p
@@ -101,8 +132,8 @@ function M.resolve(list, given, opts)
     if not known[k] then
       local names = {}
       for _, p in ipairs(list) do names[#names + 1] = p.name end
-      return nil, ("unknown parameter '%s' for %s (it takes: %s)"):format(
-        k, rbname, #names > 0 and table.concat(names, ", ") or "no parameters")
+      return nil, ("unknown parameter %s for %s (it takes: %s)"):format(
+        shown(k), rbname, #names > 0 and table.concat(names, ", ") or "no parameters")
     end
   end
   for _, p in ipairs(list) do
@@ -126,8 +157,8 @@ function M.resolve(list, given, opts)
     if raw ~= nil then
       local v, why = convert(p, raw)
       if v == nil then
-        local shown = p.type == "secret" and "" or (" '" .. tostring(raw) .. "'")
-        return nil, ("invalid parameter '%s'%s from %s: %s"):format(p.name, shown, from, why)
+        local value = p.type == "secret" and "" or (" " .. shown(raw))
+        return nil, ("invalid parameter '%s'%s from %s: %s"):format(p.name, value, from, why)
       end
       if (p.min and type(v) == "number" and v < p.min) or (p.max and type(v) == "number" and v > p.max) then
         return nil, ("invalid parameter '%s' = %s: must be between %s and %s"):format(
@@ -156,7 +187,7 @@ function M.parse_words(words)
   for _, w in ipairs(words or {}) do
     local k, v = w:match("^([%a_][%w_]*)=(.*)$")
     if not k then
-      return nil, ("bad parameter '%s': write it as -p name=value"):format(w)
+      return nil, ("bad parameter %s: write it as -p name=value"):format(shown(w))
     end
     out[k] = v
   end

@@ -58,16 +58,18 @@ function M.add(value)
   add_form(seen, c.hex(value):upper(), rep)
   add_form(seen, urlencode(value, false), rep)
   add_form(seen, urlencode(value, true), rep)
-  -- base64: for each of the three alignments of the value within a larger
-  -- encoded blob, the whole 3-byte groups it covers encode the same way.
-  for skip = 0, 2 do
-    local t = value:sub(skip + 1)
-    t = t:sub(1, #t - #t % 3)
-    if #t >= 6 then
-      local b = c.b64(t)
-      add_form(seen, b, rep)
-      add_form(seen, (b:gsub("[+/]", { ["+"] = "-", ["/"] = "_" })), rep)
-    end
+  -- base64: inside a larger encoded blob the value starts at byte 0, 1 or
+  -- 2 of a 3-byte group. At each alignment, the characters whose 6 bits all
+  -- come from the value encode the same whatever surrounds it: that run is
+  -- the form (7 or more characters even for a 6-byte value, where whole
+  -- groups alone would leave too little at two of the alignments).
+  for align = 0, 2 do
+    local b = c.b64(("\0"):rep(align) .. value)
+    local first = (8 * align + 5) // 6             -- first character inside the value
+    local last = (8 * (align + #value) - 6) // 6    -- last one
+    local run = b:sub(first + 1, last + 1)
+    add_form(seen, run, rep)
+    add_form(seen, (run:gsub("[+/]", { ["+"] = "-", ["/"] = "_" })), rep)
   end
   table.sort(forms, function(a, b) return #a.pat > #b.pat end)
   return value
