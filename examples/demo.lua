@@ -74,8 +74,8 @@ local ok, err = pcall(function()
   local r = proc.run({ argv = { exe, "run", "rotate-queue-key", "--env", "local", "--yes" },
     stdout = "inherit", stderr = "inherit", timeout = 600 })
   io.stdout:write("\n")
-  say("runbook history")
-  proc.run({ argv = { exe, "history", "-n", "5" }, stdout = "inherit", stderr = "inherit", timeout = 30 })
+  say("runbook history rotate-queue-key")
+  proc.run({ argv = { exe, "history", "rotate-queue-key", "-n", "5" }, stdout = "inherit", stderr = "inherit", timeout = 30 })
   if r.code ~= 0 then error("rotate-queue-key exited " .. tostring(r.code), 0) end
 end)
 say("stopping the daemon and the hub")
