@@ -4,7 +4,7 @@
 // and wraps the bindings; the routes live in the sibling modules.
 
 import { adminAllowed, handleAdmin } from "./admin.js";
-import { brokenD1, brokenKV, countingKV, flushKvUsage, newCounts } from "./bindings.js";
+import { brokenD1, brokenKV, countingKV, flushKvUsage, newCounts, settleAfterLongRequest } from "./bindings.js";
 import { HttpError, fail, json, readJson, sleep } from "./http.js";
 import { counts, handleQueue, migrate } from "./queue.js";
 import { handleCallback, handleEvents, handleReplay, handleRuns, metrics } from "./runs.js";
@@ -135,6 +135,7 @@ export default {
       } catch {
         // Counting is best effort; it must not turn a success into a 500.
       }
+      await settleAfterLongRequest(c.now);
     }
   },
 };
