@@ -548,29 +548,48 @@ static void push_failure(lua_State *L, slot_t *s, CURLcode rc) {
   lua_pushstring(L, code);
 }
 
+static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\r'; }
+
+/* Trim spaces, tabs and bare CRs (which read as spaces) at both ends. */
 static const char *trim(const char *p, const char *end, const char **out_end) {
-  while (p < end && (*p == ' ' || *p == '\t'))
+  while (p < end && is_ws(*p))
     p++;
-  while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+  while (end > p && is_ws(end[-1]))
     end--;
   *out_end = end;
   return p;
 }
 
+/* Push the bytes [v, ve) with every bare CR as a space: RFC 9112 section
+ * 2.2 allows either that or refusing the header, and a CR left in a value
+ * (a Location, say) would reach a later request as a control character. */
+static void push_text(lua_State *L, const char *v, const char *ve) {
+  size_t n = (size_t)(ve - v);
+  if (n == 0 || memchr(v, '\r', n) == NULL) {
+    lua_pushlstring(L, v, n);
+    return;
+  }
+  luaL_Buffer b;
+  char *d = luaL_buffinitsize(L, &b, n);
+  for (size_t i = 0; i < n; i++)
+    d[i] = v[i] == '\r' ? ' ' : v[i];
+  luaL_pushresultsize(&b, n);
+}
+
 /* Append v (already trimmed) to a header value: an empty piece adds
  * nothing, so "a, " or a value starting with a space never appears. */
-static void join_value(lua_State *L, int t, int name, const char *v, size_t vlen, const char *sep) {
+static void join_value(lua_State *L, int t, int name, const char *v, const char *ve, const char *sep) {
   lua_pushvalue(L, name);
   lua_rawget(L, t);
   if (lua_isnil(L, -1) || lua_rawlen(L, -1) == 0) {
     lua_pop(L, 1);
-    lua_pushlstring(L, v, vlen);
-  } else if (vlen == 0) {
+    push_text(L, v, ve);
+  } else if (ve == v) {
     lua_pop(L, 1);
     return;
   } else {
     lua_pushstring(L, sep);
-    lua_pushlstring(L, v, vlen);
+    push_text(L, v, ve);
     lua_concat(L, 3);
   }
   lua_pushvalue(L, name);
@@ -582,7 +601,8 @@ static void join_value(lua_State *L, int t, int name, const char *v, size_t vlen
  * ", ", obsolete line folding appended to the previous value.  A line that
  * is not "token: value" (no colon, an empty name, a space or a control byte
  * in the name) is ignored, and so are folded lines after it; whitespace
- * before the colon, which servers are not supposed to send, is dropped. */
+ * before the colon, which servers are not supposed to send, is dropped.
+ * Past the line's CRLF (or bare LF), a CR reads as a space. */
 static void push_headers(lua_State *L, const buf_t *b) {
   int lines = 0;
   for (const char *q = b->data; q != NULL && (q = memchr(q, '\n', b->len - (size_t)(q - b->data))) != NULL; q++)
@@ -598,23 +618,25 @@ static void push_headers(lua_State *L, const buf_t *b) {
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     const char *le = nl ? nl : end;
     const char *next = nl ? nl + 1 : end;
+    if (le > p && le[-1] == '\r')
+      le--; /* the CR of CRLF */
     if (first) { /* the status line */
       first = 0;
       p = next;
       continue;
     }
     const char *ve;
-    if (*p == ' ' || *p == '\t') {
+    if (le > p && is_ws(*p)) {
       if (!lua_isnil(L, last)) {
         const char *v = trim(p, le, &ve);
-        join_value(L, t, last, v, (size_t)(ve - v), " ");
+        join_value(L, t, last, v, ve, " ");
       }
       p = next;
       continue;
     }
     const char *colon = memchr(p, ':', (size_t)(le - p));
     const char *ne = colon;
-    while (ne != NULL && ne > p && (ne[-1] == ' ' || ne[-1] == '\t'))
+    while (ne != NULL && ne > p && is_ws(ne[-1]))
       ne--;
     int ok = ne != NULL && ne > p;
     for (const char *q = p; ok && q < ne; q++)
@@ -640,7 +662,7 @@ static void push_headers(lua_State *L, const buf_t *b) {
     }
     lua_replace(L, last);
     const char *v = trim(colon + 1, le, &ve);
-    join_value(L, t, last, v, (size_t)(ve - v), ", ");
+    join_value(L, t, last, v, ve, ", ");
     p = next;
   }
   lua_pop(L, 1);

@@ -8,8 +8,8 @@
  * a line too: a server that never sends CRLF).  The table push_headers builds
  * is then compared with a model of docs/HOST.md written in Lua (below), and
  * checked for being well-formed on its own: names non-empty lower-case
- * tokens, values without LF and without surrounding spaces.  Any difference
- * aborts with both tables printed.
+ * tokens, values without CR or LF and without surrounding spaces.  Any
+ * difference aborts, naming the header.
  *
  * The static functions are reached by including the module itself.
  */
@@ -33,14 +33,15 @@ static const char MODEL[] =
     "local start = 1\n"
     "for i, l in ipairs(lines) do if l:sub(1, 5) == 'HTTP/' then start = i end end\n"
     "local want, last = {}, nil\n"
-    "local function trim(s) return (s:gsub('^[ \\t]+', ''):gsub('[ \\t\\r]+$', '')) end\n"
+    "local function trim(s) return (s:gsub('^[ \\t]+', ''):gsub('[ \\t]+$', '')) end\n"
     "local function join(old, new, sep)\n"
     "  if old == nil or old == '' then return new end\n"
     "  if new == '' then return old end\n"
     "  return old .. sep .. new\n"
     "end\n"
     "for i = start + 1, #lines do\n"
-    "  local l = lines[i]:gsub('\\n$', '')\n"
+    /* without its LF and the CR before it; a bare CR reads as a space */
+    "  local l = lines[i]:gsub('\\n$', ''):gsub('\\r$', ''):gsub('\\r', ' ')\n"
     "  if l:find('^[ \\t]') then\n"
     /* obsolete line folding: more of the previous header's value */
     "    if last then want[last] = join(want[last], trim(l), ' ') end\n"
@@ -58,7 +59,7 @@ static const char MODEL[] =
     "for k, v in pairs(got) do\n"
     "  if type(k) ~= 'string' or not k:find(\"^[%l%d!#$%%&'*+%-.^_`|~]+$\") then\n"
     "    return ('bad name %q'):format(tostring(k)) end\n"
-    "  if type(v) ~= 'string' or v:find('\\n') or v:find('^[ \\t]') or v:find('[ \\t]$') then\n"
+    "  if type(v) ~= 'string' or v:find('[\\r\\n]') or v:find('^[ \\t]') or v:find('[ \\t]$') then\n"
     "    return ('bad value for %s: %q'):format(k, tostring(v)) end\n"
     "  if want[k] ~= v then return ('%s: got %q, want %q'):format(k, v, tostring(want[k])) end\n"
     "end\n"
