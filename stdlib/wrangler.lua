@@ -31,6 +31,7 @@ local function argv(ctx, ...)
 end
 
 local function target(a, t)
+  if t.config then a[#a + 1] = "-c" a[#a + 1] = t.config end
   if t.name then a[#a + 1] = "--name" a[#a + 1] = t.name end
   if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
   return a
@@ -45,7 +46,7 @@ local function check(r, what)
 end
 
 ---Put a secret on a Worker (value on stdin). A write.
----@param t table { name = worker, env = wrangler env or nil, key = NAME, value = v }
+---@param t table { name = worker, config = wrangler.toml path or nil, env = wrangler env or nil, key = NAME, value = v }
 function M.secret_put(ctx, t)
   local a = target(argv(ctx, "secret", "put", t.key), t)
   local r = ctx:run(a, { stdin = t.value, cwd = wcwd(ctx), timeout = t.timeout or 60 })
