@@ -39,6 +39,7 @@ return {
     },
     stage = {
       url = "https://orchestrator-hub.masa-stage1.workers.dev",
+      worker_url = "https://orchestrator-hub.masa-stage1.workers.dev",
       protected = true,
       canonical = "scripts/.env.assistant",
       wrangler = { "npx", "wrangler" },
@@ -46,9 +47,15 @@ return {
       workers = {
         { name = "orchestrator-hub", backend = "wrangler" },
       },
+      -- seed 002: provider keys live on both worker configs
+      provider_workers = {
+        { backend = "wrangler", config = "wrangler.processing.toml" },
+        { backend = "wrangler", config = "wrangler.toml" },
+      },
     },
     production = {
       url = "https://orchestrator-hub.masa-stage1.workers.dev",
+      worker_url = "https://orchestrator-hub.masa-stage1.workers.dev",
       protected = true,
       canonical = "scripts/.env.assistant",
       wrangler = { "npx", "wrangler" },
@@ -57,6 +64,14 @@ return {
       workers = {
         { name = "orchestrator-hub", backend = "wrangler" },
         { name = "orchestrator-hub", env = "production", backend = "wrangler" },
+      },
+      -- seed 002: one provider key serves stage and production, so a
+      -- rotation puts it on both worker configs in both (4 puts)
+      provider_workers = {
+        { backend = "wrangler", config = "wrangler.processing.toml" },
+        { backend = "wrangler", config = "wrangler.toml" },
+        { backend = "wrangler", config = "wrangler.processing.toml", env = "production" },
+        { backend = "wrangler", config = "wrangler.toml", env = "production" },
       },
     },
   },

@@ -76,11 +76,16 @@ return {
       hub_dir = d .. "/hub-src", hub_state = d .. "/hubstate",
     },
     production = {
-      url = url, protected = true,
+      url = url, worker_url = url, protected = true,
       canonical = d .. "/prod/.env.assistant",
       wrangler = { root .. "/spec/fixtures/bin/wrangler" },
       workers = { { name = "orchestrator-hub", backend = "wrangler" },
                   { name = "orchestrator-hub", env = "production", backend = "wrangler" } },
+      provider_workers = {
+        { backend = "wrangler", config = "wrangler.processing.toml" },
+        { backend = "wrangler", config = "wrangler.toml" },
+        { backend = "wrangler", config = "wrangler.processing.toml", env = "production" },
+        { backend = "wrangler", config = "wrangler.toml", env = "production" } },
     },
   },
 }
