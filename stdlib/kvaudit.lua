@@ -45,35 +45,67 @@ for c = 65, 90 do IDCHAR[c] = true end
 for c = 97, 122 do IDCHAR[c] = true end
 IDCHAR[95], IDCHAR[36] = true, true
 
+local function is_space(c) return c == 32 or c == 9 or c == 10 or c == 13 end
+
+local function trim(h)
+  local i, j = 1, #h
+  while is_space(byte(h, i)) do i = i + 1 end
+  while j >= i and is_space(byte(h, j)) do j = j - 1 end
+  return sub(h, i, j)
+end
+
 -- ------------------------------------------------------------------ lexing
 
+-- Lua patterns cost a hundred or more instructions per byte they look at;
+-- a plain find is memchr. So every scan below is plain finds, and a
+-- character class is only ever matched anchored, over a few bytes.
+
+-- Is the byte at e escaped (an odd run of backslashes before it)?
+local function escaped(text, e)
+  local k = e - 1
+  while byte(text, k) == B_BS do k = k - 1 end
+  return (e - 1 - k) % 2 == 1
+end
+
 -- The closing quote of a '...' or "..." literal opened at q, or the
--- newline / end of text that cuts an unterminated one.
-local function quoted_end(text, q, c)
-  local pat = c == B_DQ and '[\\"\n]' or "[\\'\n]"
+-- newline / end of text that cuts an unterminated one. nl, when given, is
+-- the first newline after q (the lexer keeps it between literals).
+local function quoted_end(text, q, c, nl)
+  local quote = c == B_DQ and '"' or "'"
+  nl = nl or find(text, "\n", q + 1, true) or #text
   local p = q + 1
   while true do
-    local e = find(text, pat, p)
-    if not e then return #text end
-    if byte(text, e) == B_BS then p = e + 2 else return e end
+    local e = find(text, quote, p, true)
+    if not e or e > nl then
+      -- a backslash-newline continues the literal on the next line
+      if nl < #text and escaped(text, nl) then
+        p = nl + 1
+        nl = find(text, "\n", p, true) or #text
+      else
+        return nl
+      end
+    elseif escaped(text, e) then
+      p = e + 1
+    else
+      return e
+    end
   end
 end
 
 -- Inside a template literal at p: returns where code resumes, whether a
 -- "${" opened there (else the literal closed), and the last literal byte.
 local function template_part(text, p)
+  local bt, ex = 0, 0
   while true do
-    local e = find(text, "[\\`$]", p)
-    if not e then return #text + 1, false, #text end
-    local c = byte(text, e)
-    if c == B_BS then
-      p = e + 2
-    elseif c == B_BT then
-      return e + 1, false, e - 1
-    elseif byte(text, e + 1) == B_LB then
-      return e + 2, true, e - 1
+    if bt < p then bt = find(text, "`", p, true) or INF end
+    if ex < p then ex = find(text, "${", p, true) or INF end
+    if bt == INF and ex == INF then return #text + 1, false, #text end
+    if bt < ex then
+      if not escaped(text, bt) then return bt + 1, false, bt - 1 end
+      p = bt + 1
     else
-      p = e + 1
+      if not escaped(text, ex) then return ex + 2, true, ex - 1 end
+      p = ex + 1
     end
   end
 end
@@ -93,7 +125,9 @@ local function starts_regex(text, q)
   end
   if not c or REGEX_AFTER[c] then return true end
   if c >= 97 and c <= 122 then
-    return REGEX_WORDS[match(sub(text, p > 12 and p - 11 or 1, p), "(%a+)$")] or false
+    local k = p
+    while k > p - 11 and (byte(text, k - 1) or 0) >= 97 and (byte(text, k - 1) or 0) <= 122 do k = k - 1 end
+    return REGEX_WORDS[sub(text, k, p)] or false
   end
   return false
 end
@@ -137,6 +171,7 @@ function M.lex(text, limit)
   limit = limit or len
   local p = 1
   local nd, ns, nb, nsl = 0, 0, 0, 0 -- next ", ', `, / at or after p
+  local nnl = 0 -- the next newline after the last literal's start
   local stack, top = {}, 0 -- brace depth inside each open ${...}
   while p <= limit do
     local q, c
@@ -156,7 +191,8 @@ function M.lex(text, limit)
     if q > limit then break end
     c = byte(text, q)
     if c == B_DQ or c == B_SQ then
-      local e = quoted_end(text, q, c)
+      if nnl <= q then nnl = find(text, "\n", q + 1, true) or len end
+      local e = quoted_end(text, q, c, nnl)
       n = n + 1
       S[n], E[n] = q + 1, e - 1
       p = e + 1
@@ -172,7 +208,8 @@ function M.lex(text, limit)
     elseif c == B_SL then
       local c2 = byte(text, q + 1)
       if c2 == B_SL then
-        local e = find(text, "\n", q + 2, true) or len + 1
+        if nnl <= q then nnl = find(text, "\n", q + 1, true) or len + 1 end
+        local e = nnl
         n = n + 1
         S[n], E[n] = q, e - 1
         p = e + 1
@@ -682,13 +719,15 @@ end
 -- What receiver R is: { kv = true, binding, via, how } or { kv = false, reason }.
 resolve = function(F, R, depth)
   depth = depth or 0
-  local memo = F.memo[R]
+  local A = F.A
+  local memo = F.memo[R] or A.global[R]
   if memo then return memo end
   local res
   local expr = byte(R, 1) == B_DOT
   local bare = expr and R:sub(2) or R
   local L = match(bare, "([%w_$]+)$")
-  local A = F.A
+  -- answers that do not depend on the file are kept for every file
+  local global = true
   if not L then
     res = nonkv("the receiver is an expression, not a binding")
   elseif A.not_kv[bare] or A.not_kv[L] then
@@ -702,6 +741,7 @@ resolve = function(F, R, depth)
     if envname then
       res = { kv = true, binding = envname, via = "env", how = "env." .. envname }
     else
+      global = false
       local first = match(bare, "^[%w_$]+")
       local d
       if not expr then
@@ -728,19 +768,19 @@ resolve = function(F, R, depth)
       end
     end
   end
-  F.memo[R] = res
+  if global then A.global[R] = res else F.memo[R] = res end
   return res
 end
 
 -- The receiver of the call whose "." is at dot: "env.KV", "this.kv", "kv"
 -- (optional chaining and non-null assertions dropped), or nil.
 local function receiver_at(F, dot)
-  local rt = F:rtext()
-  local s = #F.text - dot + 2
-  local r = match(rt, "^[%w_$%.]*", s)
-  local c = byte(rt, s + #r)
+  -- the 64 bytes before the dot, reversed, read with an anchored match
+  local w = rev(sub(F.text, dot > 64 and dot - 64 or 1, dot - 1))
+  local r = match(w, "^[%w_$%.]*")
+  local c = byte(w, #r + 1)
   if c == 63 or c == 33 then -- "?." or "!" in the chain
-    r = match(rt, "^[%w_$%.%?!]*", s)
+    r = match(w, "^[%w_$%.%?!]*")
     return (rev(r):gsub("[?!]", ""))
   end
   if r == "" then return nil end
@@ -790,8 +830,10 @@ local function const_value(F, name, pos, depth)
   local r = value_pos(F, name, pos)
   if not r then return nil end
   local text = F.text
-  local e = find(text, "[;\n]", r) or #text + 1
-  return literal_head(F, match(sub(text, r, e - 1), "^(.-)%s*$"), r, depth + 1)
+  local e = find(text, ";", r, true) or #text + 1
+  local nl = find(text, "\n", r, true)
+  if nl and nl < e then e = nl end
+  return literal_head(F, trim(sub(text, r, e - 1)), r, depth + 1)
 end
 
 -- key (when the whole expression is literal) and prefix (its literal head)
@@ -838,7 +880,16 @@ local function ttl_of(F, opts, pos)
     if not found or byte(src, found) ~= B_LB then return "unknown" end
     text = sub(src, found, skip_expr(src, found + 1) - 1)
   end
-  if find(text, "%f[%w_$]expirationTtl%f[^%w_$]") or find(text, "%f[%w_$]expiration%f[^%w_$]") then return "yes" end
+  -- expirationTtl or expiration as a property name (not part of a longer word)
+  local p = find(text, "expiration", 1, true)
+  while p do
+    local after = byte(text, p + 10)
+    if not IDCHAR[byte(text, p - 1) or 0] and (not IDCHAR[after or 0] or sub(text, p + 10, p + 12) == "Ttl"
+      and not IDCHAR[byte(text, p + 13) or 0]) then
+      return "yes"
+    end
+    p = find(text, "expiration", p + 10, true)
+  end
   if find(text, "...", 1, true) then return "unknown" end
   return "no"
 end
@@ -846,16 +897,25 @@ end
 -- list({ prefix: "x" }) → "x"; list({ prefix }) → the value of prefix
 local function list_prefix(F, opts, pos)
   if not opts or byte(opts, 1) ~= B_LB then return nil end
-  local v = match(opts, "%f[%w_$]prefix%s*:%s*()")
-  if v then
-    local e = find(opts, "[,}\n]", v) or #opts + 1
-    local expr = match(sub(opts, v, e - 1), "^(.-)%s*$")
-    local _, prefix = literal_head(F, expr, pos, 0)
-    return prefix
-  end
-  if find(opts, "%f[%w_$]prefix%s*[,}]") then
-    local _, prefix = const_value(F, "prefix", pos, 0)
-    return prefix
+  local p = find(opts, "prefix", 1, true)
+  while p do
+    if not IDCHAR[byte(opts, p - 1) or 0] and not IDCHAR[byte(opts, p + 6) or 0] then
+      local v = match(opts, "^%s*:%s*()", p + 6)
+      if v then
+        local e = #opts + 1
+        for _, c in ipairs({ ",", "}", "\n" }) do
+          local q = find(opts, c, v, true)
+          if q and q < e then e = q end
+        end
+        local _, prefix = literal_head(F, trim(sub(opts, v, e - 1)), pos, 0)
+        return prefix
+      end
+      if find(opts, "^%s*[,}]", p + 6) then
+        local _, prefix = const_value(F, "prefix", pos, 0)
+        return prefix
+      end
+    end
+    p = find(opts, "prefix", p + 6, true)
   end
   return nil
 end
@@ -872,81 +932,143 @@ local HANDLERS = {
 }
 local NOT_NAMES = { ["if"] = true, ["for"] = true, ["while"] = true, ["switch"] = true, ["catch"] = true,
   ["with"] = true, ["function"] = true, ["return"] = true, ["else"] = true, ["do"] = true, ["try"] = true }
-local ARROWS = {
-  "([%w_$]+)%s*[=:]%s*async%s*[%w_$]*%s*=>$", "([%w_$]+)%s*[=:]%s*async%s*%b()%s*=>$",
-  "([%w_$]+)%s*[=:]%s*[%w_$]*%s*=>$", "([%w_$]+)%s*[=:]%s*%b()%s*=>$",
-  "([%w_$]+)%s*[=:]%s*async%s*%b()%s*:[^=]*=>$", "([%w_$]+)%s*[=:]%s*%b()%s*:[^=]*=>$",
-}
 
--- What the block whose "{" follows head h is: "loop", "function" (and its
--- name), "route", "arrow", "top", or nil. Plain finds rule out most
--- patterns before any is tried.
+-- The identifier that ends just before position i of h, or nil.
+local function word_before(h, i)
+  local j = i - 1
+  while is_space(byte(h, j)) do j = j - 1 end
+  local k = j
+  while k >= 1 and IDCHAR[byte(h, k)] do k = k - 1 end
+  if k == j then return nil end
+  return sub(h, k + 1, j)
+end
+
+-- What the block whose "{" follows head h (trimmed) is: "loop", "function"
+-- (and its name), "route", "arrow", "top", or nil — by plain finds and
+-- anchored matches only.
 local function head_kind(h)
   local n = #h
   if n == 0 then return nil end
-  if n > 300 then h = sub(h, n - 299) end
-  if find(h, "^for%f[^%w_$]") or find(h, "^while%f[^%w_$]") or h == "do" or find(h, "%sdo$") then
-    return "loop", (h:gsub("%s+", " "):sub(1, 60))
+  if (sub(h, 1, 3) == "for" and not IDCHAR[byte(h, 4) or 0]) or (sub(h, 1, 5) == "while" and not IDCHAR[byte(h, 6) or 0])
+    or h == "do" or (sub(h, -2) == "do" and is_space(byte(h, n - 2))) then
+    local shown = sub(h, 1, 60)
+    if find(shown, "\n", 1, true) then shown = shown:gsub("%s+", " ") end
+    return "loop", shown
   end
   local paren, arrow = find(h, "(", 1, true), find(h, "=>", 1, true)
   if not paren and not arrow then
-    if find(h, "^class%f[^%w_$]") or find(h, "^export%s") then return "top" end
+    if sub(h, 1, 6) == "class " or sub(h, 1, 7) == "export " then return "top" end
     return nil
   end
   if paren then
-    for call in gmatch(h, "%.(%a+)%s*%(") do
-      if LOOP_CALLS[call] then return "loop", "." .. call .. "(...)" end
+    local d = find(h, ".", 1, true)
+    while d do
+      local call = match(h, "^%.(%a+)%s*%(", d)
+      if call and LOOP_CALLS[call] then return "loop", "." .. call .. "(...)" end
+      d = find(h, ".", d + 1, true)
     end
   end
-  if find(h, "addEventListener", 1, true) then
-    local ev = match(h, "addEventListener%s*%(%s*[\"'](%w+)")
+  local ael = find(h, "addEventListener", 1, true)
+  if ael then
+    local ev = match(h, "^addEventListener%s*%(%s*[\"'](%w+)", ael)
     if ev then return "function", ev end
   end
   local route = match(h, "^[%w_$]+%.(%l+)%s*%(%s*[\"'`]/")
   if route then return "route", route end
-  if find(h, "function", 1, true) then
-    local name = match(h, "function%s*%*?%s*([%w_$]*)%s*%(")
+  local fpos = find(h, "function", 1, true)
+  if fpos then
+    local name = match(h, "^function%s*%*?%s*([%w_$]*)%s*%(", fpos)
     if name then return "function", name end
   end
-  if arrow and find(h, "=>$") then
-    local tail = #h > 160 and sub(h, -160) or h
-    for _, pat in ipairs(ARROWS) do
-      local name = match(tail, pat)
-      if name then return "function", name end
-    end
+  if arrow and sub(h, -2) == "=>" then
+    -- NAME = async (params): T =>   /   NAME: (params) =>
+    local first = paren and paren < arrow and paren or arrow
+    local eq, colon = find(h, "=", 1, true), find(h, ":", 1, true)
+    local cut = (eq and eq < first and eq) or (colon and colon < first and colon)
+    local name = cut and word_before(h, cut)
+    if name then return "function", name end
     return "arrow"
   end
-  local name = match(h, "^[%a%s]-([%w_$]+)%s*%b()%s*$") or match(h, "^[%a%s]-([%w_$]+)%s*%b()%s*:[^()]*$")
-  if name and not NOT_NAMES[name] then return "function", name end
+  if paren then
+    -- a method: NAME(params) or NAME(params): ReturnType
+    local name = word_before(h, paren)
+    if name and not NOT_NAMES[name] and (byte(h, n) == B_RP or find(h, "):", paren, true) or find(h, ") :", paren, true)) then
+      return "function", name
+    end
+  end
   return nil
 end
 
 local function hot_name(name)
   if HANDLERS[name] then return HANDLERS[name] end
-  if find(name, "^onRequest") then return "in a Pages Function (runs on every request)" end
-  if find(name, "^[Pp]oll") or find(name, "[%l_]Poll") or find(name, "_poll") or find(name, "[Pp]oller")
-    or name == "tick" or find(name, "[%l_]Tick$") then
+  if sub(name, 1, 9) == "onRequest" then return "in a Pages Function (runs on every request)" end
+  local low = name:lower()
+  if find(low, "poll", 1, true) or low == "tick" or sub(low, -4) == "tick" then
     return "in a poller (" .. name .. ")"
   end
   return nil
 end
 
--- A head ending in ")" whose "(" is further back than a ";" — the
--- `for (let i = 0; i < n; i++)` of a loop — read on to that "(" and the
--- word before it (rt is the reversed text, start the byte before the "{").
-local function paren_head(rt, start, h)
-  local _, opens = h:gsub("%(", "")
-  local _, closes = h:gsub("%)", "")
-  if closes <= opens then return h end
-  local depth, p = 0, start
-  for _ = 1, 64 do
-    local q = find(rt, "[()]", p)
-    if not q then return h end
-    if byte(rt, q) == B_RP then depth = depth + 1 else depth = depth - 1 end
-    if depth == 0 then return sub(rt, start, q) .. match(rt, "^[^;{}]*", q + 1) end
-    p = q + 1
+-- In the reversed text rt from start: the end of the head — the next ";",
+-- "{", "}" or newline — and which of them it is.
+local function head_stop(rt, start)
+  local best, which = find(rt, "\n", start, true) or #rt + 1, "\n"
+  local q = find(rt, ";", start, true)
+  if q and q < best then best, which = q, ";" end
+  q = find(rt, "{", start, true)
+  if q and q < best then best, which = q, "{" end
+  q = find(rt, "}", start, true)
+  if q and q < best then best, which = q, "}" end
+  return best, which
+end
+
+-- The head of the block whose "{" is at rt position at-1: the text before
+-- it on its line; across lines when the line has nothing ("{" alone) or
+-- ends a parenthesis opened earlier (multi-line parameters, the
+-- `for (let i = 0; i < n; i++)` whose semicolons would stop it).
+local function block_head(rt, at)
+  local start, stop, which = at, head_stop(rt, at)
+  for _ = 1, 6 do
+    local h = sub(rt, start, stop - 1) -- reversed
+    -- balance: in reversed text ")" opens
+    local depth, p = 0, start
+    local o, c = find(rt, ")", p, true), find(rt, "(", p, true)
+    while (o and o < stop) or (c and c < stop) do
+      if o and (not c or o < c) then
+        depth = depth + 1
+        p = o + 1
+        o = find(rt, ")", p, true)
+      else
+        depth = depth - 1
+        p = c + 1
+        c = find(rt, "(", p, true)
+      end
+    end
+    local fwd = trim(rev(h))
+    if depth > 0 then
+      -- find the "(" that balances, then the rest of its line
+      local q = p
+      while depth > 0 do
+        o, c = find(rt, ")", q, true), find(rt, "(", q, true)
+        if not c then break end
+        if o and o < c then
+          depth = depth + 1
+          q = o + 1
+        else
+          depth = depth - 1
+          q = c + 1
+        end
+      end
+      if depth > 0 then return fwd end
+      local s2 = head_stop(rt, q)
+      stop = s2
+    elseif fwd == "" and which == "\n" then
+      stop, which = head_stop(rt, stop + 1)
+    else
+      return fwd
+    end
   end
-  return h
+  return trim(rev(sub(rt, start, stop - 1)))
 end
 
 -- Walk outwards from pos through the enclosing blocks (backwards, on the
@@ -969,36 +1091,25 @@ local function context_at(F, pos)
       depth = depth - 1
       r = nO + 1
     else
-      -- an enclosing "{": what precedes it, back to the previous ; { or }
-      local kind, what
       local memo = F.heads[nO]
-      if memo then
-        kind, what = memo[1], memo[2]
-      else
-        local h = match(rt, "^[^;{}]*", nO + 1)
-        if find(h, "^%s*%)") then h = paren_head(rt, nO + 1, h) end
-        h = match(rev(h), "^%s*(.-)%s*$")
-        kind, what = head_kind(h)
-        if not kind then
-          -- code without semicolons: the head is on the last line
-          local last = match(h, "\n%s*([^\n]*)$")
-          if last then kind, what = head_kind(last) end
+      if not memo then
+        local kind, what = head_kind(block_head(rt, nO + 1))
+        local why
+        if kind == "loop" then
+          why = "in a loop (" .. what .. ")"
+        elseif kind == "route" then
+          why = "in a route handler (." .. what .. "(...), runs on every request)"
+        elseif kind == "function" and what ~= "" then
+          why = hot_name(what)
         end
-        F.heads[nO] = { kind or false, what }
+        memo = { kind or false, what, why }
+        F.heads[nO] = memo
       end
-      if kind == "loop" then
-        hot = hot or ("in a loop (" .. what .. ")")
-      elseif kind == "route" then
-        hot = hot or ("in a route handler (." .. what .. "(...), runs on every request)")
-      elseif kind == "function" then
-        if what ~= "" then
-          fn = what
-          local h2 = hot_name(what)
-          if h2 then hot = hot or h2 end
-          -- a named function bounds the walk; a handler found is enough
-          break
-        end
-      elseif kind == "top" then
+      local kind, what, why = memo[1], memo[2], memo[3]
+      hot = hot or why
+      -- a named function bounds the walk
+      if (kind == "function" and what ~= "") or kind == "top" then
+        if kind == "function" then fn = what end
         break
       end
       r = nO + 1
@@ -1033,7 +1144,8 @@ end
 ---@param o table|nil { bindings = {...}, not_kv = { RECEIVER = reason } | {...}, all_lines = bool, examples = 3 }
 function M.analyzer(o)
   o = o or {}
-  local A = { known_kv = {}, not_kv = {}, all_lines = o.all_lines or false, examples = o.examples or 3, shown = {} }
+  local A = { known_kv = {}, not_kv = {}, all_lines = o.all_lines or false, examples = o.examples or 3, shown = {},
+    global = {} }
   for _, b in ipairs(o.bindings or {}) do A.known_kv[b] = true end
   for k, v in pairs(o.not_kv or {}) do
     if type(k) == "number" then
@@ -1045,15 +1157,50 @@ function M.analyzer(o)
   return A
 end
 
--- line numbers for positions that only grow
+-- Is the byte at pos code, judged from its own line? true / false, or nil
+-- when a block comment or a template literal may reach it from an earlier
+-- line (an unclosed "/*" before it, an odd number of backticks before the
+-- line): the caller then lexes the file. Positions must only grow.
+local function in_code_fast(F, pos, ls)
+  local text = F.text
+  -- the last "/*" and "*/" before pos, found going forwards
+  local no, nc = F.no or find(text, "/*", 1, true) or INF, F.nc or find(text, "*/", 1, true) or INF
+  local lo, lc = F.lo or 0, F.lc or 0
+  while no < pos do
+    lo = no
+    no = find(text, "/*", no + 2, true) or INF
+  end
+  while nc < pos do
+    lc = nc
+    nc = find(text, "*/", nc + 2, true) or INF
+  end
+  F.no, F.nc, F.lo, F.lc = no, nc, lo, lc
+  if lo > lc then return nil end
+  local bt, count = F.bt or find(text, "`", 1, true), F.btn or 0
+  while bt and bt < ls do
+    count = count + 1
+    bt = find(text, "`", bt + 1, true)
+  end
+  F.bt, F.btn = bt or INF, count
+  if count % 2 == 1 then return nil end
+  local at = pos - ls + 1
+  local S, E, n = M.lex(sub(text, ls, pos), at)
+  for i = 1, n do
+    if S[i] <= at and at <= E[i] then return false end
+  end
+  return true
+end
+
+-- line numbers (and where the line starts) for positions that only grow
 local function line_counter(text)
-  local line, nl = 1, find(text, "\n", 1, true)
+  local line, start, nl = 1, 1, find(text, "\n", 1, true)
   return function(pos)
     while nl and nl < pos do
       line = line + 1
-      nl = find(text, "\n", nl + 1, true)
+      start = nl + 1
+      nl = find(text, "\n", start, true)
     end
-    return line
+    return line, start
   end
 end
 
@@ -1102,17 +1249,20 @@ function M.analyze(text, path, A)
   local sites, excluded = {}, {}
   local facts = {}
   -- what the file says about bindings, for the second pass
-  if find(text, "idFromName", 1, true) or find(text, "idFromString", 1, true) or find(text, "newUniqueId", 1, true)
-    or find(text, "getByName", 1, true) then
+  -- (searched by their rare capital letters: a plain find stops at every
+  -- occurrence of the first byte)
+  if find(text, "From", 1, true) or find(text, "UniqueId", 1, true) or find(text, "ByName", 1, true) then
     facts.do_bindings = {}
     for _, call in ipairs({ "idFromName", "idFromString", "newUniqueId", "getByName" }) do
       for name in gmatch(text, "([%w_$]+)%." .. call .. "%f[^%w_$]") do facts.do_bindings[name] = true end
     end
   end
-  for _, tname in ipairs(BINDING_TYPES) do
-    if find(text, tname, 1, true) then
-      facts.types = facts.types or {}
-      for name in gmatch(text, "([%w_$]+)%s*%??%s*:%s*" .. tname .. "%f[^%w_$]") do facts.types[name] = tname end
+  if find(text, "Namespace", 1, true) or find(text, "R2Bucket", 1, true) or find(text, "D1Database", 1, true) then
+    for _, tname in ipairs(BINDING_TYPES) do
+      if find(text, tname, 1, true) then
+        facts.types = facts.types or {}
+        for name in gmatch(text, "([%w_$]+)%s*%??%s*:%s*" .. tname .. "%f[^%w_$]") do facts.types[name] = tname end
+      end
     end
   end
   if n == 0 then return sites, excluded, facts end
@@ -1131,9 +1281,10 @@ function M.analyze(text, path, A)
     if r.kv then last_kv = dot end
   end
 
-  -- pass 2: only files with a KV-looking call are lexed, and only up to it
-  local S, E, ns = {}, {}, 0
-  if last_kv > 0 then S, E, ns = M.lex(text, last_kv) end
+  -- pass 2: is each KV-looking call code? Its own line, lexed alone, says
+  -- so unless a block comment or a template literal may span into it; then
+  -- (and for the rest of the file) the whole file is lexed up to the last one
+  local S, E, ns
   local line_of = line_counter(text)
   local shown, all_lines, quota = A.shown, A.all_lines, A.examples
   local j = 1
@@ -1143,8 +1294,17 @@ function M.analyze(text, path, A)
     local r, R = res[i], recv[i]
     local reason
     if r.kv then
-      while j <= ns and E[j] < dot do j = j + 1 end
-      if j <= ns and S[j] <= dot then reason = COMMENT_REASON end
+      local code
+      if not S then
+        local _, ls = line_of(dot)
+        code = in_code_fast(F, dot, ls)
+      end
+      if code == nil then
+        if not S then S, E, ns = M.lex(text, last_kv) end
+        while j <= ns and E[j] < dot do j = j + 1 end
+        code = not (j <= ns and S[j] <= dot)
+      end
+      if not code then reason = COMMENT_REASON end
     else
       reason = r.reason
       if r.unknown and op == "put" and find(words(R), "_cache_", 1, true) then
@@ -1225,6 +1385,19 @@ end
 
 -- ------------------------------------------------------------ scan
 
+-- Whole contents of a source file. io.open + read("a") rather than
+-- fs.read: fs.read sets up a 64 KiB buffer per call, which costs four
+-- times the instructions on the small files a repository is made of (the
+-- scan reads thousands); it follows symlinks, as fs.read does by default.
+local function read(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local data, rerr = f:read("a")
+  f:close()
+  if not data then return nil, path .. ": " .. tostring(rerr) end
+  return data
+end
+
 -- Is binding NAME (reached through env, an alias or a global) a KV
 -- namespace? true and what says so, or false and why not.
 local function binding_verdict(name, kinds)
@@ -1304,12 +1477,13 @@ function M.scan(root, opts)
   local sources, errors, wranglers = {}, {}, {}
   local bytes = 0
   for _, rel in ipairs(paths) do
-    local base = rel:match("([^/]*)$")
-    if M.WRANGLER_FILES[base] and not excluded_by(rel) then
-      wranglers[#wranglers + 1] = rel
-    else
-      local ext = base:match("%.([%w]+)$")
-      if ext and M.EXTENSIONS[ext] and not excluded_by(rel) then sources[#sources + 1] = rel end
+    -- by the last bytes (a pattern anchored at the end costs per byte)
+    local dot = byte(rel, -3) == B_DOT and -3 or byte(rel, -4) == B_DOT and -4 or nil
+    if dot and M.EXTENSIONS[sub(rel, dot + 1)] then
+      if not excluded_by(rel) then sources[#sources + 1] = rel end
+    elseif byte(rel, -13) == 119 or byte(rel, -14) == 119 or byte(rel, -15) == 119 then
+      local base = rev(match(rev(rel), "^[^/]*"))
+      if M.WRANGLER_FILES[base] and not excluded_by(rel) then wranglers[#wranglers + 1] = rel end
     end
   end
   for _, rel in ipairs(wranglers) do
@@ -1330,7 +1504,6 @@ function M.scan(root, opts)
   local do_names, typed = {}, {}
   local total = #sources
   local progress = opts.progress
-  local read = fs.read
   for i, rel in ipairs(sources) do
     local text, err = read(root == "." and rel or (root .. "/" .. rel))
     if not text then
@@ -1379,9 +1552,10 @@ function M.scan(root, opts)
   -- occurrence among identical ones — not the line, which moves with edits
   local seen = {}
   for _, s in ipairs(sites) do
-    local base = table.concat({ s.file, s.op, s.binding, s.key_expr }, "|")
-    seen[base] = (seen[base] or 0) + 1
-    s.id = base .. "#" .. seen[base]
+    local base = s.file .. "|" .. s.op .. "|" .. s.binding .. "|" .. s.key_expr
+    local k = (seen[base] or 0) + 1
+    seen[base] = k
+    s.id = base .. "#" .. k
   end
   local by_kind = {}
   for name, k in pairs(kinds) do by_kind[name] = { kind = k.kind, source = k.source } end
@@ -1412,7 +1586,8 @@ M.RULES = {
     home = "D1 (UNIQUE constraint on the key)",
     why = "duplicate suppression must not fail open when a KV put is refused" },
   { cat = "A", what = "token / credential",
-    words = { "token", "tokens", "oauth", "refresh", "credential", "credentials", "apikey", "secret", "secrets", "mapping", "mappings" },
+    words = { "token", "tokens", "oauth", "refresh", "credential", "credentials", "apikey", "api_key", "secret", "secrets",
+      "mapping", "mappings" },
     home = "D1 (encrypted, with TTL / rotation)",
     why = "losing a refresh token or key mapping breaks the integration" },
   { cat = "A", what = "run state",
@@ -1445,19 +1620,44 @@ local function rule_for(text, memo)
   return r
 end
 
-function M._rule_for(text)
-  if find(text, "%u") then
-    text = text:gsub("(%l)(%u)", "%1 %2"):gsub("(%u)(%u%l)", "%1 %2"):lower()
+-- The words of an identifier or key, lower-cased: "lastRun:v2" → last, run,
+-- v; "KVStore" → kv, store. Byte by byte: on short texts that is cheaper
+-- than any pattern.
+local function each_word(text, fn)
+  local bytes = { byte(text, 1, -1) }
+  local start, n = nil, #bytes
+  for i = 1, n + 1 do
+    local c = bytes[i]
+    local upper = c and c >= 65 and c <= 90
+    local alpha = c and (upper or (c >= 97 and c <= 122))
+    local split = false
+    if start and alpha and upper then
+      local prev, nxt = bytes[i - 1], bytes[i + 1]
+      -- aB splits; ABc splits before B
+      split = (prev >= 97 and prev <= 122) or (nxt and nxt >= 97 and nxt <= 122 and prev >= 65 and prev <= 90)
+    end
+    if start and (not alpha or split) then
+      if fn(sub(text, start, i - 1):lower()) then return true end
+      start = nil
+    end
+    if alpha and not start then start = i end
   end
-  local cache_rule, prev
-  for w in gmatch(text, "%a+") do
+  return false
+end
+
+function M._rule_for(text)
+  local cache_rule, prev, found
+  each_word(text, function(w)
     -- a word, or the two last words together (last_run)
     local rule = WORD_RULE[w] or (prev and WORD_RULE[prev .. "_" .. w])
-    if rule and rule.cat ~= "C" then return rule end
-    if rule and not cache_rule then cache_rule = rule end
     prev = w
-  end
-  return cache_rule
+    if rule and rule.cat ~= "C" then
+      found = rule
+      return true
+    end
+    if rule and not cache_rule then cache_rule = rule end
+  end)
+  return found or cache_rule
 end
 
 local DEFAULT_C = { cat = "C", what = "cache (no other sign)", home = "KV (keep): TTL required; fewer puts (batch, sample, debounce)",
@@ -1470,30 +1670,38 @@ local HOT_B = { cat = "B", what = "writes on a hot path", home = "Durable Object
 ---@param result table  from M.scan
 ---@return table result
 function M.classify(result)
-  local memo = {}
+  local memo, lastseg = {}, {}
   for _, s in ipairs(result.sites) do
-    local evidence = {
-      { label = s.op == "list" and "list prefix" or "key", text = s.prefix or s.key },
-      { label = "function", text = s.fn },
-      { label = "binding", text = s.binding },
-      { label = "receiver", text = s.receiver and s.receiver:match("([%w_$]+)$") },
-    }
-    local chosen, how
-    for pass = 1, 2 do
-      for _, ev in ipairs(evidence) do
-        local rule = rule_for(ev.text, memo)
-        if rule and (pass == 2 or rule.cat ~= "C") then
-          chosen = rule
-          how = ('%s (%s "%s")'):format(rule.what, ev.label, ev.text)
+    local R = s.receiver
+    local last = R and lastseg[R]
+    if R and not last then
+      last = match(R, "([%w_$]+)$") or ""
+      lastseg[R] = last
+    end
+    -- evidence, strongest first: key (or list prefix), function, binding, receiver
+    local texts = { s.prefix or s.key, s.fn, s.binding, last }
+    local chosen, at, first_c, first_at
+    for i = 1, 4 do
+      local rule = rule_for(texts[i], memo)
+      if rule then
+        if rule.cat ~= "C" then
+          chosen, at = rule, i
           break
         end
+        if not first_c then first_c, first_at = rule, i end
       end
-      if chosen then break end
     end
-    if not chosen and s.hot and (s.op == "put" or s.op == "list") then
+    if not chosen and first_c then chosen, at = first_c, first_at end
+    local how
+    if chosen then
+      local label = at == 1 and (s.op == "list" and "list prefix" or "key") or at == 2 and "function"
+        or at == 3 and "binding" or "receiver"
+      how = ('%s (%s "%s")'):format(chosen.what, label, texts[at])
+    elseif s.hot and (s.op == "put" or s.op == "list") then
       chosen, how = HOT_B, HOT_B.what .. ": " .. s.hot
+    else
+      chosen, how = DEFAULT_C, DEFAULT_C.what .. ": " .. DEFAULT_C.why
     end
-    if not chosen then chosen, how = DEFAULT_C, DEFAULT_C.what .. ": " .. DEFAULT_C.why end
     s.category = chosen.cat
     s.category_reason = how
     s.what = chosen.what
