@@ -68,19 +68,19 @@ local function escaped(text, e)
 end
 
 -- The closing quote of a '...' or "..." literal opened at q, or the
--- newline / end of text that cuts an unterminated one. nl, when given, is
--- the first newline after q (the lexer keeps it between literals).
+-- newline that cuts an unterminated one (#text + 1 at the end of the text).
+-- nl, when given, is the first newline after q (the lexer keeps it).
 local function quoted_end(text, q, c, nl)
   local quote = c == B_DQ and '"' or "'"
-  nl = nl or find(text, "\n", q + 1, true) or #text
+  nl = nl or find(text, "\n", q + 1, true) or #text + 1
   local p = q + 1
   while true do
     local e = find(text, quote, p, true)
     if not e or e > nl then
       -- a backslash-newline continues the literal on the next line
-      if nl < #text and escaped(text, nl) then
+      if nl <= #text and escaped(text, nl) then
         p = nl + 1
-        nl = find(text, "\n", p, true) or #text
+        nl = find(text, "\n", p, true) or #text + 1
       else
         return nl
       end
@@ -191,7 +191,7 @@ function M.lex(text, limit)
     if q > limit then break end
     c = byte(text, q)
     if c == B_DQ or c == B_SQ then
-      if nnl <= q then nnl = find(text, "\n", q + 1, true) or len end
+      if nnl <= q then nnl = find(text, "\n", q + 1, true) or len + 1 end
       local e = quoted_end(text, q, c, nnl)
       n = n + 1
       S[n], E[n] = q + 1, e - 1

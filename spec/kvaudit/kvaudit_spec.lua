@@ -283,6 +283,14 @@ describe("kvaudit.analyze on snippets", function()
     assert.same({ "x.js:6:put:KV" }, site_keys(sites))
   end)
 
+  it("leaves out a call in a string or a comment on a line of its own", function()
+    assert.matches("comment or a string", why_excluded('const help = "store it with env.KV.put(key, value)";'))
+    assert.matches("comment or a string", why_excluded("const help = 'env.KV.get(k)';"))
+    assert.matches("comment or a string", why_excluded("x(); // env.KV.delete(k)"))
+    assert.matches("comment or a string", why_excluded("/* env.KV.list() */"))
+    assert.matches("comment or a string", why_excluded("/**\n * env.KV.list()\n */"))
+  end)
+
   it("does not take a regex or a division for the start of a string", function()
     local sites = analyze([[const re = /["'`]/; const h = n / 2; await env.KV.get("a");]] .. "\n"
       .. [[const r2 = /\/\//g; env.KV.delete("b"); // env.KV.put("c")]])
