@@ -273,7 +273,25 @@ export async function migrate(c, kind) {
   });
 }
 
-/** {kv:{tasks, results}, d1:{tasks, results}} — for reconciling a migration. */
+const MISSING_SAMPLE = 20;
+
+/**
+ * How many of the KV ids under a kind's prefix D1 holds: the per-id side
+ * of reconciling (D1's total also counts tasks enqueued there directly).
+ */
+async function reconcileKind(db, kind, names) {
+  const k = KINDS[kind];
+  const ids = names.map((n) => n.slice(k.prefix.length));
+  const present = await presentIds(db, k.table, ids);
+  const missing = ids.filter((id) => !present.has(id));
+  return { kv: ids.length, in_d1: present.size, missing: missing.length, missing_ids: missing.slice(0, MISSING_SAMPLE) };
+}
+
+/**
+ * {kv:{tasks, results}, d1:{tasks, results}} — for reconciling a migration.
+ * With ?reconcile=1 also {reconcile:{tasks:{kv, in_d1, missing, missing_ids}, results:{...}}}:
+ * missing counts KV ids D1 lacks (missing_ids: the first 20, sorted).
+ */
 export async function counts(c) {
   await requireKey(c.request, c.env);
   const [kt, kr] = await Promise.all([listAll(c.kv, TASK_PREFIX), listAll(c.kv, RESULT_PREFIX)]);
@@ -281,5 +299,12 @@ export async function counts(c) {
     c.db.prepare("SELECT COUNT(*) AS n FROM queue_tasks").first(),
     c.db.prepare("SELECT COUNT(*) AS n FROM queue_results").first(),
   ]);
-  return json({ kv: { tasks: kt.length, results: kr.length }, d1: { tasks: dt.n, results: dr.n } });
+  const body = { kv: { tasks: kt.length, results: kr.length }, d1: { tasks: dt.n, results: dr.n } };
+  if (c.url.searchParams.get("reconcile") === "1") {
+    body.reconcile = {
+      tasks: await reconcileKind(c.db, "tasks", kt),
+      results: await reconcileKind(c.db, "results", kr),
+    };
+  }
+  return json(body);
 }

@@ -1,0 +1,208 @@
+-- migration.lua — seed 004's one-off move of the queue from KV to D1, as
+-- steps can drive it: the D1 schema (`wrangler d1 migrations list/apply`,
+-- always --local or --remote, never a default), one page of the hub's
+-- migrate-{tasks,results}-kv-to-d1 endpoints (retried on 429/5xx, honouring
+-- Retry-After), the page loop with its cursor checkpointed after every page,
+-- and the counts that say whether KV and D1 reconcile.
+--
+--   local migration = require("stdlib.migration")
+--   migration.pages(ctx, { kind = "tasks", key = key, limit = 200, total = n })
+--
+-- The cursor is the hub's KV list cursor; a page is journaled as done (the
+-- checkpoint) before the next one is asked for, so a resumed run continues
+-- after the last journaled page and never re-reads it. A page cut off
+-- between the hub's answer and the checkpoint is asked for again, which is
+-- harmless: the hub inserts per id with INSERT OR IGNORE.
+
+local cjson = require("cjson.safe")
+local wrangler = require("stdlib.wrangler")
+local project = require("runbook.project")
+local poll = require("stdlib.poll")
+
+local M = {}
+
+M.KINDS = { "tasks", "results" }
+M.DATABASE = "DB"
+
+local function path(ctx, p) return p and project.path(ctx.project, p) or nil end
+
+---Where the environment's D1 lives: { where = "local"|"remote", cwd, persist_to }.
+---The local hub (env.hub_dir) keeps its state in env.hub_state/wrangler, as
+---examples/hub/hubctl.lua starts it; anything else is --remote.
+function M.d1_target(ctx)
+  local env = ctx.env
+  local where = env.d1 or (env.hub_dir and "local" or "remote")
+  local t = { where = where, database = env.d1_database or M.DATABASE, env = env.wrangler_env,
+    cwd = path(ctx, env.hub_dir) or path(ctx, env.wrangler_cwd) }
+  if where == "local" and env.hub_state then t.persist_to = path(ctx, env.hub_state) .. "/wrangler" end
+  return t
+end
+
+---The wrangler to run: the environment's, else (local hub) the hub's own
+---node_modules copy run by node, else `wrangler` on PATH. It is set on this
+---run's copy of the environment, which stdlib/wrangler reads.
+function M.use_hub_wrangler(ctx)
+  if ctx.env.wrangler or os.getenv("RUNBOOK_WRANGLER") then return end
+  local dir = path(ctx, ctx.env.hub_dir)
+  if dir and require("runbook.fs").exists(dir .. "/node_modules/wrangler/bin/wrangler.js") then
+    ctx.env.wrangler = { "node", dir .. "/node_modules/wrangler/bin/wrangler.js" }
+  end
+end
+
+---One line naming the D1 target, for the operator to read before a write.
+function M.describe(t)
+  return ("D1 %s (%s%s%s)"):format(t.database, t.where == "local" and "--local" or "--remote",
+    t.env and (" --env " .. t.env) or "", t.persist_to and (", state in " .. t.persist_to) or "")
+end
+
+---D1 migrations not yet applied (file names), or nil, err.
+function M.pending(ctx, t)
+  M.use_hub_wrangler(ctx)
+  return wrangler.d1_migrations_list(ctx, { database = t.database, where = t.where, env = t.env,
+    persist_to = t.persist_to, cwd = t.cwd, fixture = { code = 0, stdout = "✅ No migrations to apply!\n" } })
+end
+
+---Apply the pending migrations. A write.
+function M.apply(ctx, t)
+  M.use_hub_wrangler(ctx)
+  return wrangler.d1_migrations_apply(ctx, { database = t.database, where = t.where, env = t.env,
+    persist_to = t.persist_to, cwd = t.cwd })
+end
+
+local function headers(key)
+  return { ["X-API-Key"] = key, ["Content-Type"] = "application/json" }
+end
+
+local function body_error(resp)
+  local b = cjson.decode(resp.body or "")
+  if type(b) == "table" then
+    local e = tostring(b.error or "")
+    if b.reason then e = e .. ": " .. tostring(b.reason) end
+    if e ~= "" then return e end
+  end
+  return ((resp.body or ""):sub(1, 80):gsub("%c", " "))
+end
+
+---The hub's counts: {kv = {tasks, results}, d1 = {tasks, results}[, reconcile = {...}]}.
+---A read (it costs the hub one KV list per 1,000 keys).
+function M.counts(ctx, key, o)
+  o = o or {}
+  local url = ctx.env.url .. "/api/admin/queue/counts" .. (o.reconcile and "?reconcile=1" or "")
+  local resp, err = ctx:try_http({ url = url, headers = headers(key), timeout = o.timeout or 120,
+    fixture = o.fixture })
+  if not resp then return nil, "GET " .. url .. ": " .. err end
+  if resp.status ~= 200 then
+    return nil, ("GET %s answered %d: %s"):format(url, resp.status, body_error(resp))
+  end
+  local b = cjson.decode(resp.body or "")
+  if type(b) ~= "table" or type(b.kv) ~= "table" or type(b.d1) ~= "table" then
+    return nil, "GET " .. url .. ": the answer has no kv/d1 counts"
+  end
+  return b
+end
+
+local RETRYABLE = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
+
+---One page: POST {limit, cleanup, cursor}. Retries a 429/5xx or a dropped
+---connection (attempts, backoff, Retry-After capped at 30 s); a 401 or any
+---other answer fails at once. Returns the decoded page or nil, err.
+function M.page(ctx, o)
+  local url = ("%s/api/admin/queue/migrate-%s-kv-to-d1"):format(ctx.env.url, o.kind)
+  local body = cjson.encode({ limit = o.limit, cleanup = o.cleanup == true, cursor = o.cursor or cjson.null })
+  local attempts, last = o.attempts or 4, nil
+  local page
+  local ok = poll.wait(function()
+    local resp, err = ctx:try_http({ method = "POST", url = url, headers = headers(o.key), body = body,
+      timeout = o.timeout or 120,
+      -- dry-run/offline: the hub is not asked; the loop ends after one page
+      simulate = { status = 200, json = { kind = o.kind, migrated = 0, skipped = 0, invalid = 0, scanned = 0,
+        cleaned = 0, cursor = cjson.null, done = true, simulated = true } } })
+    if not resp then
+      last = err
+      return false, err
+    end
+    if resp.status == 200 then
+      page = cjson.decode(resp.body or "")
+      if type(page) ~= "table" then page, last = nil, "HTTP 200 but the answer is not JSON" end
+      return true
+    end
+    last = ("HTTP %d %s"):format(resp.status, body_error(resp))
+    if not RETRYABLE[resp.status] then return true end
+    attempts = attempts - 1
+    if attempts <= 0 then return true end
+    ctx:log("page %d of %s: %s; trying again", o.number or 0, o.kind, last)
+    return false, last, poll.retry_after(resp.headers)
+  end, { every = o.every or 1, backoff = 2, max_every = 15, timeout = o.retry_for or 120, retry_after_cap = 30,
+    sleep = function(s) ctx:sleep(s) end })
+  if page then return page end
+  if ok == false then last = (last or "no answer") .. " (gave up retrying)" end
+  return nil, ("POST %s: %s"):format(url, tostring(last))
+end
+
+---A fresh page loop state.
+function M.new_state()
+  return { cursor = nil, pages = 0, migrated = 0, skipped = 0, invalid = 0, scanned = 0, cleaned = 0, done = false }
+end
+
+---Walk every page of one kind, checkpointing the state after each page
+---(checkpoint key `o.checkpoint`, default "pages"): a resumed step starts
+---after the last journaled page. o = { kind, key, limit, cleanup, total,
+---max_pages }. Returns the final state.
+function M.pages(ctx, o)
+  local ck = o.checkpoint or "pages"
+  local st = ctx:checkpointed(ck)
+  if st then
+    if st.done then
+      ctx:log("%s: already done in this run (%d pages journaled)", o.kind, st.pages)
+      return st
+    end
+    ctx:log("%s: resuming after page %d (%d scanned so far), from the journaled cursor", o.kind, st.pages, st.scanned)
+  else
+    st = M.new_state()
+  end
+  local total = o.total
+  -- bounded: the KV count says how many pages there should be; allow for
+  -- keys added while the migration runs, then stop with a clear error
+  local max_pages = o.max_pages or (math.ceil(((total or 0) + 1) / o.limit) * 2 + 100)
+  while not st.done do
+    if st.pages >= max_pages then
+      ctx:fail("%s: %d pages and the hub still has a next cursor; the KV keyspace grows faster than it is migrated — stop the writers first",
+        o.kind, st.pages)
+    end
+    local page, err = M.page(ctx, { kind = o.kind, key = o.key, limit = o.limit, cleanup = o.cleanup,
+      cursor = st.cursor, number = st.pages + 1 })
+    if not page then
+      ctx:fail("%s page %d: %s (pages 1-%d are journaled; the next run continues after them)",
+        o.kind, st.pages + 1, err, st.pages)
+    end
+    if page.simulated then
+      ctx:log("%s: would POST page after page by cursor, %d keys a page%s", o.kind, o.limit,
+        o.cleanup and ", deleting from KV what D1 confirms" or "")
+      st.simulated = true
+      return st
+    end
+    st.pages = st.pages + 1
+    for _, f in ipairs({ "migrated", "skipped", "invalid", "scanned", "cleaned" }) do
+      st[f] = st[f] + (math.tointeger(page[f]) or 0)
+    end
+    st.done = page.done == true
+    st.cursor = (not st.done and type(page.cursor) == "string") and page.cursor or nil
+    if not st.done and not st.cursor then
+      ctx:fail("%s page %d: the hub said not done but gave no cursor", o.kind, st.pages)
+    end
+    -- durable before the next page is asked for
+    ctx:checkpoint(ck, st)
+    if total and st.scanned > total then total = st.scanned end
+    ctx:progress(st.scanned, total, o.kind)
+  end
+  return st
+end
+
+---"tasks: 2500 pages ... " — the totals of a loop, one line.
+function M.summary(kind, st)
+  return ("%s: %d pages, %d scanned, %d migrated, %d already in D1, %d not migratable%s"):format(kind, st.pages,
+    st.scanned, st.migrated, st.skipped - st.invalid, st.invalid,
+    st.cleaned > 0 and (", " .. st.cleaned .. " deleted from KV") or "")
+end
+
+return M
