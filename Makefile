@@ -78,7 +78,7 @@ $(B)/obj:
 # ---------------------------------------------------------------- deps
 DEB_PKGS := lua5.4 liblua5.4-dev lua-cjson lua-argparse lua-busted lua-check \
 	libcurl4-openssl-dev libssl-dev libsqlite3-dev sqlite3 pkg-config gcc make \
-	curl openssl ca-certificates valgrind wrk hyperfine nginx-light procps time clang libclang-rt-dev
+	curl openssl ca-certificates valgrind wrk hyperfine nginx-light procps clang libclang-rt-dev
 # Node.js for the local hub: any install that provides node >= 18 and npm
 # counts (NodeSource's nodejs bundles npm and conflicts with Debian's npm).
 NODE_PKGS := nodejs npm

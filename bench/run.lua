@@ -124,16 +124,20 @@ end)
 os.execute(("kill $(cat %s/nginx.launch) 2>/dev/null"):format(tmp))
 if not ok then io.stderr:write("bench: http: ", tostring(err), "\n") end
 
--- 3. sub-benches print `ROW<TAB>what<TAB>seconds<TAB>target[<TAB>ref]` lines ------
+-- 3. sub-benches print `ROW<TAB>what<TAB>value<TAB>target<TAB>ref<TAB>unit` lines
+-- (target, ref and unit may be empty; unit is s — the default —, KiB or %) ---
 for _, extra in ipairs({ "bench/journal.lua", "bench/kvaudit.lua", "bench/migrate.lua" }) do
   local f = io.open(extra)
   if f then
     f:close()
     local p = io.popen(("RUNBOOK_BIN=%s %s exec %s"):format(BIN, BIN, extra))
     for line in p:lines() do
-      local what, ours, target, ref = line:match("^ROW\t([^\t]*)\t([^\t]*)\t?([^\t]*)\t?([^\t]*)$")
-      if what then
-        row(what, tonumber(ours), tonumber(ref), tonumber(target), not tonumber(ref))
+      if line:match("^ROW\t") then
+        local fields = {}
+        for v in (line .. "\t"):gmatch("([^\t]*)\t") do fields[#fields + 1] = v end
+        local _, what, ours, target, ref, unit = table.unpack(fields)
+        rows[#rows + 1] = { what = what, ours = tonumber(ours), ref = tonumber(ref), target = tonumber(target),
+          absolute = not tonumber(ref), unit = (unit ~= nil and unit ~= "") and unit or "s" }
       else
         io.stdout:write(line, "\n")
       end
@@ -145,16 +149,21 @@ end
 -- table ---------------------------------------------------------------------
 -- A row with a reference shows the ratio and compares it with its target; a
 -- row without one (absolute cost) compares its own time with the target.
-local function ms(x) return x and ("%.3f ms"):format(x * 1000) or "—" end
+local function ms(x, unit)
+  if not x then return "—" end
+  if unit == "KiB" then return ("%d KiB"):format(x) end
+  if unit == "%" then return ("%.1f %%"):format(x) end
+  return ("%.3f ms"):format(x * 1000)
+end
 local lines = { "| measurement | runbook | reference | ratio | target |", "|---|---|---|---|---|" }
 for _, r in ipairs(rows) do
   local ratio, verdict = r.ref and r.ours / r.ref, "—"
   if r.target and r.absolute then
-    verdict = ("≤ %s %s"):format(ms(r.target), r.ours <= r.target and "met" or "NOT met")
+    verdict = ("≤ %s %s"):format(ms(r.target, r.unit), r.ours <= r.target and "met" or "NOT met")
   elseif r.target and ratio then
     verdict = ("≤ %.1f× %s"):format(r.target, ratio <= r.target and "met" or "NOT met")
   end
-  lines[#lines + 1] = ("| %s | %s | %s | %s | %s |"):format(r.what, ms(r.ours), ms(r.ref),
+  lines[#lines + 1] = ("| %s | %s | %s | %s | %s |"):format(r.what, ms(r.ours, r.unit), ms(r.ref, r.unit),
     ratio and ("%.2f×"):format(ratio) or "—", verdict)
 end
 local table_text = table.concat(lines, "\n") .. "\n"

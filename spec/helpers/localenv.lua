@@ -163,7 +163,7 @@ function M.request(self, method, path, o)
   o = o or {}
   local http = require("runbook.http")
   local r = assert(http.request({ method = method, url = self.url .. path, headers = o.headers, body = o.body,
-    timeout = 10 }))
+    timeout = o.timeout or 10 }))
   r.json = cjson.decode(r.body or "")
   return r
 end
