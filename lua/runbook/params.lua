@@ -187,7 +187,11 @@ function M.parse_words(words)
   for _, w in ipairs(words or {}) do
     local k, v = w:match("^([%a_][%w_]*)=(.*)$")
     if not k then
-      return nil, ("bad parameter %s: write it as -p name=value"):format(shown(w))
+      -- the word itself is not shown: a mistyped secret (token:abc...) would
+      -- land in the terminal and in CI logs; its leading name is enough
+      local lead = w:match("^[%a_][%w_]*")
+      return nil, ("bad parameter %s(%d bytes, not shown): write it as -p name=value"):format(
+        lead and ("starting '" .. lead .. "' ") or "", #w)
     end
     out[k] = v
   end

@@ -68,6 +68,11 @@ describe("params", function()
     local v, err = params.parse_words({ "novalue" })
     assert.is_nil(v)
     assert.matches("write it as %-p name=value", err)
+    -- a mistyped secret is never echoed, only its leading name
+    v, err = params.parse_words({ "token:s3cr3t-value-123" })
+    assert.is_nil(v)
+    assert.matches("starting 'token' %(22 bytes, not shown%)", err)
+    assert.is_nil(err:find("s3cr3t", 1, true))
   end)
 
   it("refuses malformed declarations", function()
