@@ -130,7 +130,7 @@ for _, extra in ipairs({ "bench/journal.lua", "bench/kvaudit.lua", "bench/migrat
   local f = io.open(extra)
   if f then
     f:close()
-    local p = io.popen(("RUNBOOK_BIN=%s %s exec %s"):format(BIN, BIN, extra))
+    local p = io.popen(("BENCH_ROWS=1 RUNBOOK_BIN=%s %s exec %s"):format(BIN, BIN, extra))
     for line in p:lines() do
       if line:match("^ROW\t") then
         local fields = {}
