@@ -129,7 +129,10 @@ function M.page(ctx, o)
     last = ("HTTP %d %s"):format(resp.status, body_error(resp))
     if not RETRYABLE[resp.status] then return true end
     attempts = attempts - 1
-    if attempts <= 0 then return true end
+    if attempts <= 0 then
+      last = last .. (" (%d attempts)"):format(o.attempts or 4)
+      return true
+    end
     ctx:log("page %d of %s: %s; trying again", o.number or 0, o.kind, last)
     return false, last, poll.retry_after(resp.headers)
   end, { every = o.every or 1, backoff = 2, max_every = 15, timeout = o.retry_for or 120, retry_after_cap = 30,
@@ -172,8 +175,8 @@ function M.pages(ctx, o)
     local page, err = M.page(ctx, { kind = o.kind, key = o.key, limit = o.limit, cleanup = o.cleanup,
       cursor = st.cursor, number = st.pages + 1 })
     if not page then
-      ctx:fail("%s page %d: %s (pages 1-%d are journaled; the next run continues after them)",
-        o.kind, st.pages + 1, err, st.pages)
+      ctx:fail("%s page %d: %s (%s)", o.kind, st.pages + 1, err, st.pages == 0 and "no page of it is done yet"
+        or ("pages 1-%d are journaled; resuming continues after them"):format(st.pages))
     end
     if page.simulated then
       ctx:log("%s: would POST page after page by cursor, %d keys a page%s", o.kind, o.limit,

@@ -123,7 +123,11 @@ function M.fix_for(s, env, project)
       return { finding = "failed: " .. s.reason, commands = {},
         advice = "a data integrity problem: look the session up in D1 (sessions, session_events); reprocessing will not help" }
     end
-    return { finding = "failed: " .. tostring(s.reason or "(no reason recorded)"), commands = { reprocess },
+    if not s.reason then
+      return { finding = "failed without a session.processing_failed event", commands = { reprocess },
+        advice = "no reason was recorded (changed by hand?): reprocess, and look at it in D1 if it fails again" }
+    end
+    return { finding = "failed: " .. s.reason, commands = { reprocess },
       advice = "a transient failure (rate limit, timeout): reprocess" }
   end
   return { finding = ("stuck in processing since %s"):format(tostring(s.started_at or "?")), commands = { reprocess },
