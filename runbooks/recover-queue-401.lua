@@ -183,21 +183,7 @@ return rb.runbook {
       },
       hint = "Seed 000: still 401 after a sync means the wrong Worker, the wrong account, or secrets that are not set.",
     },
-    rb.step "Verify: 401 without a key, 200 with the canonical key" {
-      when = function(ctx) return ctx:get("symptom") end,
-      run = function(ctx)
-        local without, with = keysync.probe_pair(ctx, ctx:get("key"), ctx.params.propagation_timeout)
-        ctx:set("probe_without", without)
-        ctx:set("probe_with", with)
-      end,
-      verify = {
-        rb.check("without a key: 401", function(ctx)
-          return ctx:get("probe_without") == 401, "got " .. tostring(ctx:get("probe_without"))
-        end),
-        rb.check("with the canonical key: 200", function(ctx)
-          return ctx:get("probe_with") == 200, "got " .. tostring(ctx:get("probe_with"))
-        end),
-      },
-    },
+    keysync.probe_step("Verify: 401 without a key, 200 with the canonical key", {
+      when = function(ctx) return ctx:get("symptom") end }),
   },
 }

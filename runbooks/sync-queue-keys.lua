@@ -78,21 +78,7 @@ return rb.runbook {
       },
       hint = "The daemon's supervisor must be running (examples/daemon/daemonctl.lua status DIR).",
     },
-    rb.step "Probe the queue: 401 without a key, 200 with the canonical key" {
-      run = function(ctx)
-        local without, with = keysync.probe_pair(ctx, ctx:get("key"), ctx.params.propagation_timeout)
-        ctx:set("probe_without", without)
-        ctx:set("probe_with", with)
-      end,
-      verify = {
-        rb.check("without a key: 401", function(ctx)
-          return ctx:get("probe_without") == 401, "got " .. tostring(ctx:get("probe_without"))
-        end),
-        rb.check("with the canonical key: 200", function(ctx)
-          return ctx:get("probe_with") == 200, "got " .. tostring(ctx:get("probe_with"))
-        end),
-      },
-      hint = "Still 401 with the key? `runbook run recover-queue-401` checks URL, account and secrets in turn.",
-    },
+    keysync.probe_step("Probe the queue: 401 without a key, 200 with the canonical key", {
+      hint = "Still 401 with the key? `runbook run recover-queue-401` checks URL, account and secrets in turn." }),
   },
 }

@@ -370,4 +370,27 @@ function M.drift_key(env_name, rows)
   return "secret-drift:" .. env_name .. ":" .. crypto.fingerprint(table.concat(parts, ";"))
 end
 
+---The closing proof both sync and recover end with: 401 without a key, 200
+---with the canonical key (ctx "key"). o: { when = fn, hint = string }.
+function M.probe_step(title, o)
+  local rb = require("runbook")
+  return rb.step(title) {
+    when = o and o.when,
+    run = function(ctx)
+      local without, with = M.probe_pair(ctx, ctx:get("key"), ctx.params.propagation_timeout)
+      ctx:set("probe_without", without)
+      ctx:set("probe_with", with)
+    end,
+    verify = {
+      rb.check("without a key: 401", function(ctx)
+        return ctx:get("probe_without") == 401, "got " .. tostring(ctx:get("probe_without"))
+      end),
+      rb.check("with the canonical key: 200", function(ctx)
+        return ctx:get("probe_with") == 200, "got " .. tostring(ctx:get("probe_with"))
+      end),
+    },
+    hint = o and o.hint,
+  }
+end
+
 return M
