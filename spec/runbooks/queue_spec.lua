@@ -1,9 +1,10 @@
 -- The queue and session runbooks of seeds 002 and 004 end to end against
 -- the real hub (wrangler dev) in a local environment, as an operator runs
 -- them: migrate-queue-kv-to-d1 (happy path, dry-run, cleanup only after the
--- counts reconcile, SIGKILL mid-way then resume), reprocess-session,
--- rotate-provider-key (local .dev.vars + restart; production through the
--- recording wrangler) and investigate-queue-failure.
+-- counts reconcile, a lasting 5xx or SIGKILL mid-way then resume),
+-- reprocess-session, rotate-provider-key (local .dev.vars + restart;
+-- production through the recording wrangler; the value typed at a no-echo
+-- prompt on a pseudo-terminal) and investigate-queue-failure.
 local localenv = require("localenv")
 local cli = require("cli")
 local crypto = require("runbook.crypto")
@@ -338,6 +339,30 @@ describe("#hub queue and session runbooks", function()
       assert.matches("confirmed by %-%-yes: Revoke the OLD provider key", r.stdout)
       assert_absent(other, { log, r.stdout, r.stderr, refused.stdout, refused.stderr, cli.slurp(L.journal) or "",
         cli.slurp(L.journal .. "-wal") or "" })
+    end)
+
+    it("rotate-provider-key asks for the value on a terminal without echoing it", function()
+      local typed = "sk-ant-" .. crypto.random_hex(24)
+      local d = cli.tmpdir()
+      assert(require("runbook.fs").write_atomic(d .. "/input", typed .. "\n"))
+      local function q(v) return "'" .. v .. "'" end
+      local cmd = table.concat({ "env -u CI NO_COLOR=1", "RUNBOOK_PROJECT=" .. q(L.project),
+        "RUNBOOK_JOURNAL=" .. q(L.journal), "WRANGLER_LOG=" .. q(L.wrangler_log),
+        "WRANGLER_STATE=" .. q(L.dir .. "/wrangler-state"), q(cli.bin),
+        "run rotate-provider-key --env production --yes -p name=OPENAI_API_KEY" }, " ")
+      local r = assert(require("runbook.proc").run({ argv = { "sh", cli.root .. "/spec/fixtures/pty_type.sh", d,
+        "New value of OPENAI_API_KEY (not echoed): ", cmd }, timeout = 180 }))
+      local screen = cli.slurp(d .. "/ts") or ""
+      cli.rmrf(d)
+      assert.equals(0, r.code)
+      assert.matches("status=0", screen)
+      assert.matches("New value of OPENAI_API_KEY %(not echoed%): ", screen)
+      local hash = crypto.hex(crypto.sha256(typed)):sub(1, 16)
+      local log = cli.slurp(L.wrangler_log) or ""
+      local n = 0
+      for _ in log:gmatch("secret put OPENAI_API_KEY [^\n]*stdin=" .. hash) do n = n + 1 end
+      assert.equals(4, n)
+      assert_absent(typed, { screen, log, cli.slurp(L.journal) or "", cli.slurp(L.journal .. "-wal") or "" })
     end)
   end)
 end)
