@@ -69,6 +69,47 @@ function M.apply(ctx, t)
     persist_to = t.persist_to, cwd = t.cwd })
 end
 
+---The D1 target for a `where` the operator stated ("local" or "remote"),
+---or nil, err when the environment is the other kind: --local needs the hub
+---on this machine (hub_dir), --remote a deployed environment. Seed 004:
+---without --remote a migration is local even with --env, so the two are
+---never inferred from each other. o.env: the wrangler --env (default the
+---environment's wrangler_env; never used for --local).
+function M.d1_target_where(ctx, where, o)
+  o = o or {}
+  local env = ctx.env
+  local is_local = env.hub_dir ~= nil and env.d1 ~= "remote"
+  if where == "local" and not is_local then
+    return nil, ("-p where=local, but environment '%s' has no hub on this machine (no hub_dir in runbook.lua): "
+      .. "a --local apply would change a wrangler dev state nothing serves; use --env local, or -p where=remote "
+      .. "to change %s's D1"):format(env.name, env.name)
+  elseif where == "remote" and not is_local then
+    local t = { where = "remote", database = env.d1_database or M.DATABASE, cwd = path(ctx, env.wrangler_cwd) }
+    local e = o.env
+    if e == nil then e = env.wrangler_env end
+    if e ~= nil and e ~= "" then t.env = e end
+    return t
+  elseif where == "remote" then
+    return nil, ("-p where=remote, but environment '%s' is the hub on this machine (hub_dir in runbook.lua): "
+      .. "pick a deployed environment (--env stage or production), or -p where=local"):format(env.name)
+  end
+  local t = M.d1_target(ctx)
+  t.where, t.env = "local", nil
+  return t
+end
+
+---"LOCAL (...)" or "REMOTE (...)": the first thing an operator reads before
+---a D1 write. o.account: who wrangler is logged in as (remote).
+function M.describe_where(t, o)
+  o = o or {}
+  if t.where == "local" then
+    return ("LOCAL (wrangler dev state in %s; hub %s; D1 %s --local)"):format(
+      t.persist_to or "the hub's .wrangler/state", t.cwd or "(current directory)", t.database)
+  end
+  return ("REMOTE (account %s; D1 database %s --remote; %s)"):format(o.account or "(wrangler names none)",
+    t.database, t.env and ("wrangler --env " .. t.env) or "top-level wrangler env (no --env)")
+end
+
 local function headers(key)
   return { ["X-API-Key"] = key, ["Content-Type"] = "application/json" }
 end

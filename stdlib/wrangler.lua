@@ -89,6 +89,30 @@ function M.deploy(ctx, t)
   return check(ctx:run(a, { cwd = wcwd(ctx), timeout = t.timeout or 300 }), "wrangler deploy")
 end
 
+---The Worker script a deploy of `worker` (wrangler.toml's name) reaches:
+---wrangler names a named environment's script "<name>-<env>" (seed 004: a
+---deploy with --env canary reaches orchestrator-hub-canary, without --env
+---orchestrator-hub).
+function M.script_name(worker, env)
+  if env and env ~= "" then return worker .. "-" .. env end
+  return worker
+end
+
+---The script a *.workers.dev URL serves (its first label), else nil.
+function M.workers_dev_script(url)
+  local host = (url or ""):match("^https?://([^/:]+)")
+  return host and host:match("^([^.]+)%.[^.]+%.workers%.dev$") or nil
+end
+
+---What `wrangler deploy` printed: { script, url, version } (each nil when
+---it did not say).
+function M.deployed(stdout)
+  stdout = stdout or ""
+  return { script = stdout:match("Uploaded ([%w%-_]+)") or stdout:match("Deployed ([%w%-_]+)"),
+    url = stdout:match("(https://[%w%.%-]+%.workers%.dev)"),
+    version = stdout:match("Current Version ID: ([%w%-]+)") }
+end
+
 ---Apply D1 migrations; `where` must be "local" or "remote". A write.
 function M.d1_migrations_apply(ctx, t)
   assert(t.where == "local" or t.where == "remote", "d1_migrations_apply: where must be 'local' or 'remote'")
