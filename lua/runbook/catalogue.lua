@@ -217,4 +217,77 @@ function M.summaries(project)
   return out
 end
 
+-- `runbook show`, cached the same way: the rendered text of a runbook, keyed
+-- by the stamps of every file its loading read — the runbook file and any
+-- module it required from a file — and of the binary (which embeds the
+-- engine and the stdlib). A development tree (RUNBOOK_TREE) is never cached.
+local function read_cache(cpath)
+  local f = cpath and io.open(cpath, "rb")
+  if not f then return {} end
+  local t = require("cjson.safe").decode(f:read("a") or "")
+  f:close()
+  return type(t) == "table" and type(t.entries) == "table" and t.entries or {}
+end
+
+local function write_cache(cpath, entries)
+  local fs = require("runbook.fs.core")
+  if fs.mkdir_p(cpath:match("^(.*)/[^/]*$"), tonumber("700", 8)) then
+    fs.write_atomic(cpath, require("cjson.safe").encode({ version = 1, entries = entries }), { mode = tonumber("600", 8) })
+  end
+end
+
+---Where `find` would load `name` from: a file path, or nil for a built-in.
+local function locate(name, project)
+  if name:find("/") or name:match("%.lua$") then return name end
+  for _, s in ipairs(M.sources(project)) do
+    if s.kind == "builtin" then
+      if package.preload["runbooks." .. name] then return nil end
+    else
+      local p = s.dir .. "/" .. name .. ".lua"
+      local f = io.open(p, "rb")
+      if f then f:close() return p end
+    end
+  end
+  return nil
+end
+
+---render(def) → text. Returns the text, or nil, err when the runbook does not load.
+function M.show_cached(name, project, variant, render)
+  local fs = require("runbook.fs.core")
+  local cpath = not package.runbook_tree and package.runbook_exe and cache_path()
+  local file = locate(name, project)
+  local key = "show:" .. variant .. ":" .. (file or ("builtin:" .. name))
+  if cpath then
+    local hit = read_cache(cpath:gsub("catalogue%.json$", "show.json"))[key]
+    if type(hit) == "table" and type(hit.text) == "string" and type(hit.stamps) == "table" then
+      local fresh = true
+      for path, st in pairs(hit.stamps) do
+        if stamp(fs, path) ~= st then fresh = false break end
+      end
+      if fresh then return hit.text end
+    end
+  end
+  local before = {}
+  for k in pairs(package.loaded) do before[k] = true end
+  local def, err = M.find(name, project)
+  if not def then return nil, err end
+  local text = render(def)
+  if cpath then
+    local stamps = { [package.runbook_exe] = stamp(fs, package.runbook_exe) }
+    if file then stamps[file] = stamp(fs, file) end
+    for k in pairs(package.loaded) do
+      if not before[k] and not package.preload[k] then
+        local path = package.searchpath(k, package.path)
+        if not path then return text end -- loaded from somewhere we cannot stamp: no cache
+        stamps[path] = stamp(fs, path)
+      end
+    end
+    local spath = cpath:gsub("catalogue%.json$", "show.json")
+    local entries = read_cache(spath)
+    entries[key] = { stamps = stamps, text = text }
+    write_cache(spath, entries)
+  end
+  return text
+end
+
 return M

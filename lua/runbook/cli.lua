@@ -126,13 +126,21 @@ local function describe_param(p)
   return table.concat(bits, ", ")
 end
 
+local render_show
+
 local function cmd_show(a)
   local project = load_project()
   if not project then return EXIT_USAGE end
-  local def, err = require("runbook.catalogue").find(a.name, project)
-  if not def then err_out(err) return EXIT_USAGE end
-  local w = io.stdout
-  local md = a.markdown
+  local text, err = require("runbook.catalogue").show_cached(a.name, project, a.markdown and "md" or "text",
+    function(def) return render_show(def, a.markdown) end)
+  if not text then err_out(err) return EXIT_USAGE end
+  io.stdout:write(text)
+  return 0
+end
+
+function render_show(def, md)
+  local buf = {}
+  local w = { write = function(_, ...) for _, v in ipairs({ ... }) do buf[#buf + 1] = v end end }
   if md then
     w:write("# ", def.name, "\n\n", def.summary, "\n\n")
   else
@@ -170,7 +178,7 @@ local function cmd_show(a)
     if s.no_verify then w:write(md and "   - not verified: " or "        not verified: ", s.no_verify, "\n") end
     if s.hint then w:write(md and "   - if it fails: " or "        if it fails: ", s.hint, "\n") end
   end
-  return 0
+  return table.concat(buf)
 end
 
 local function make_output(a)

@@ -164,6 +164,32 @@ describe("engine", function()
     assert.equals(0, r.code, r.stdout .. r.stderr)
   end)
 
+  it("runbook show follows edits to a runbook and to a module it requires, whatever it cached", function()
+    local rbdir, cache = dir .. "/rb", dir .. "/cache"
+    assert(require("runbook.fs").mkdir_p(rbdir, tonumber("700", 8)))
+    local function write(path, text) local f = assert(io.open(path, "w")); f:write(text); f:close() end
+    local function put(title)
+      write(rbdir .. "/mine.lua", ('package.path = %q .. "/?.lua;" .. package.path\n'):format(rbdir)
+        .. 'local rb = require("runbook")\nlocal helper = require("minehelper")\n'
+        .. ('return rb.runbook { name = "mine", summary = "s", steps = {\n'
+        .. '  rb.step(%q) { run = function() end, no_verify = "spec", hint = helper.hint } } }\n'):format(title))
+    end
+    local function show()
+      return cli.run({ "show", "mine" }, { env_add = { RUNBOOK_PATH = rbdir, XDG_CACHE_HOME = cache } })
+    end
+    write(rbdir .. "/minehelper.lua", 'return { hint = "first hint" }\n')
+    put("First title")
+    local r = show()
+    assert.equals(0, r.code, r.stderr)
+    assert.matches("First title", r.stdout)
+    assert.matches("if it fails: first hint", r.stdout)
+    assert.equals(r.stdout, show().stdout)
+    put("A longer second title")
+    assert.matches("A longer second title", show().stdout)
+    write(rbdir .. "/minehelper.lua", 'return { hint = "a changed, longer hint" }\n')
+    assert.matches("if it fails: a changed, longer hint", show().stdout)
+  end)
+
   it("a read-only runbook needs no confirmation on a protected environment, and any write it tries fails", function()
     local pf = dir .. "/runbook.lua"
     local f = assert(io.open(pf, "w"))
