@@ -78,6 +78,8 @@ local function convert(p, raw)
   return nil, "unknown type " .. tostring(t)
 end
 
+local KNOWN_FIELDS = { name = true, type = true, default = true, required = true, help = true, values = true,
+  min = true, max = true, pattern = true, validate = true, env = true, example = true }
 local FIELD_TYPES = { min = "number", max = "number", pattern = "string", validate = "function", env = "string",
   help = "string" }
 
@@ -100,6 +102,13 @@ function M.declare(list, where)
       for _, v in ipairs(ok and p.values or {}) do ok = ok and type(v) == "string" end
       if not ok then
         error(("%s: enum parameter %s needs values = { \"a\", \"b\", ... } (strings)"):format(where, p.name), 0)
+      end
+    end
+    -- a misspelt field (requried, defualt) would be ignored silently
+    for field in pairs(p) do
+      if not KNOWN_FIELDS[field] then
+        error(("%s: parameter %s: unknown field '%s' (known: %s)"):format(where, p.name, tostring(field),
+          "name, type, default, required, help, values, min, max, pattern, validate, env, example"), 0)
       end
     end
     -- a field of the wrong type would only fail (or be ignored) mid-run

@@ -63,6 +63,12 @@ describe("params", function()
     assert.is_nil((params.duration("")))
   end)
 
+  it("refuses a misspelt field instead of ignoring it", function()
+    local ok, err = pcall(params.declare, { { name = "limit", type = "int", requried = true } }, "rb")
+    assert.is_false(ok)
+    assert.matches("rb: parameter limit: unknown field 'requried'", err)
+  end)
+
   it("splits -p words and refuses malformed ones", function()
     assert.same({ a = "1", b = "x=y" }, params.parse_words({ "a=1", "b=x=y" }))
     local v, err = params.parse_words({ "novalue" })
