@@ -221,21 +221,6 @@ end
 -- by the stamps of every file its loading read — the runbook file and any
 -- module it required from a file — and of the binary (which embeds the
 -- engine and the stdlib). A development tree (RUNBOOK_TREE) is never cached.
-local function read_cache(cpath)
-  local f = cpath and io.open(cpath, "rb")
-  if not f then return {} end
-  local t = require("cjson.safe").decode(f:read("a") or "")
-  f:close()
-  return type(t) == "table" and type(t.entries) == "table" and t.entries or {}
-end
-
-local function write_cache(cpath, entries)
-  local fs = require("runbook.fs.core")
-  if fs.mkdir_p(cpath:match("^(.*)/[^/]*$"), tonumber("700", 8)) then
-    fs.write_atomic(cpath, require("cjson.safe").encode({ version = 1, entries = entries }), { mode = tonumber("600", 8) })
-  end
-end
-
 ---Where `find` would load `name` from: a file path, or nil for a built-in.
 local function locate(name, project)
   if name:find("/") or name:match("%.lua$") then return name end
@@ -251,41 +236,69 @@ local function locate(name, project)
   return nil
 end
 
+-- One small file per shown runbook (no JSON to load or decode on the way):
+--   line 1: the key; then "stamp<TAB>path" lines; an empty line; the text.
+local function show_file(cpath, key)
+  local base = key:gsub("[^%w%-]", "_")
+  if #base > 180 then base = base:sub(-180) end
+  return cpath:gsub("catalogue%.json$", "show/" .. base)
+end
+
+local function read_show(path, key, fs)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local data = f:read("a")
+  f:close()
+  local head_end = data:find("\n\n", 1, true)
+  if not head_end then return nil end
+  local first = true
+  for line in data:sub(1, head_end):gmatch("[^\n]+") do
+    if first then
+      if line ~= key then return nil end -- another key that sanitised the same
+      first = false
+    else
+      local st, p = line:match("^([^\t]+)\t(.+)$")
+      if not st or stamp(fs, p) ~= st then return nil end
+    end
+  end
+  return data:sub(head_end + 2)
+end
+
 ---render(def) → text. Returns the text, or nil, err when the runbook does not load.
 function M.show_cached(name, project, variant, render)
   local fs = require("runbook.fs.core")
   local cpath = not package.runbook_tree and package.runbook_exe and cache_path()
   local file = locate(name, project)
   local key = "show:" .. variant .. ":" .. (file or ("builtin:" .. name))
-  if cpath then
-    local hit = read_cache(cpath:gsub("catalogue%.json$", "show.json"))[key]
-    if type(hit) == "table" and type(hit.text) == "string" and type(hit.stamps) == "table" then
-      local fresh = true
-      for path, st in pairs(hit.stamps) do
-        if stamp(fs, path) ~= st then fresh = false break end
-      end
-      if fresh then return hit.text end
-    end
+  local spath = cpath and show_file(cpath, key)
+  if spath then
+    local text = read_show(spath, key, fs)
+    if text then return text end
   end
   local before = {}
   for k in pairs(package.loaded) do before[k] = true end
   local def, err = M.find(name, project)
   if not def then return nil, err end
   local text = render(def)
-  if cpath then
-    local stamps = { [package.runbook_exe] = stamp(fs, package.runbook_exe) }
-    if file then stamps[file] = stamp(fs, file) end
+  if spath and not key:find("\n", 1, true) then
+    local lines = { key }
+    local function add(path)
+      local st = path and not path:find("\n", 1, true) and stamp(fs, path)
+      if not st then return false end
+      lines[#lines + 1] = st .. "\t" .. path
+      return true
+    end
+    if not add(package.runbook_exe) or (file and not add(file)) then return text end
     for k in pairs(package.loaded) do
       if not before[k] and not package.preload[k] then
-        local path = package.searchpath(k, package.path)
-        if not path then return text end -- loaded from somewhere we cannot stamp: no cache
-        stamps[path] = stamp(fs, path)
+        -- a module loaded from a file is part of what was shown; one we
+        -- cannot find (a C module, a custom loader) means: no cache
+        if not add(package.searchpath(k, package.path)) then return text end
       end
     end
-    local spath = cpath:gsub("catalogue%.json$", "show.json")
-    local entries = read_cache(spath)
-    entries[key] = { stamps = stamps, text = text }
-    write_cache(spath, entries)
+    if fs.mkdir_p(spath:match("^(.*)/[^/]*$"), tonumber("700", 8)) then
+      fs.write_atomic(spath, table.concat(lines, "\n") .. "\n\n" .. text, { mode = tonumber("600", 8) })
+    end
   end
   return text
 end
