@@ -34,9 +34,7 @@ return rb.runbook {
         local t = target(ctx)
         local o = {}
         if t.where == "remote" then
-          local who, err = wrangler.whoami(ctx)
-          if not who then ctx:fail("%s", err) end
-          o.account = who.account or who.email
+          o.account = wrangler.account(ctx)
           ctx:set("account", o.account)
         end
         ctx:log("%s", migration.describe_where(t, o))

@@ -117,11 +117,7 @@ return rb.runbook {
       run = function(ctx)
         local t = resolve(ctx)
         local o = {}
-        if t.where == "remote" then
-          local who, err = wrangler.whoami(ctx)
-          if not who then ctx:fail("%s", err) end
-          o.account = who.account or who.email
-        end
+        if t.where == "remote" then o.account = wrangler.account(ctx) end
         ctx:log("where:    %s", migration.describe_where(t.d1, o))
         ctx:log("script:   %s", t.script)
         if t.where == "remote" then

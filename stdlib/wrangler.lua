@@ -82,6 +82,14 @@ function M.whoami(ctx, t)
   return { email = email and email:gsub("%.$", ""), account = account, raw = r.stdout_masked or r.stdout }
 end
 
+---Who wrangler acts as: the account name, else the login email; fails the
+---step when wrangler cannot say.
+function M.account(ctx)
+  local who, err = M.whoami(ctx)
+  if not who then ctx:fail("%s", err) end
+  return who.account or who.email
+end
+
 ---Deploy a Worker environment. A write.
 function M.deploy(ctx, t)
   local a = argv(ctx, "deploy")
