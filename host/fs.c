@@ -190,11 +190,16 @@ static int f_read(lua_State *L) {
     return fail(L, errno, "read", path);
   if (S_ISDIR(st.st_mode))
     return fail(L, EISDIR, "read", path);
+  /* a regular file is read in one buffer of its size (+1 to see EOF in the
+   * same buffer); a pipe, a device or a /proc file (size 0) in 64 KiB steps */
+  size_t chunk = 65536;
+  if (S_ISREG(st.st_mode) && st.st_size > 0 && (uintmax_t)st.st_size < (uintmax_t)SIZE_MAX / 2)
+    chunk = (size_t)st.st_size + 1;
   luaL_Buffer buf;
   luaL_buffinit(L, &buf);
   for (;;) {
-    char *p = luaL_prepbuffsize(&buf, 65536);
-    ssize_t n = read(b->fd, p, 65536);
+    char *p = luaL_prepbuffsize(&buf, chunk);
+    ssize_t n = read(b->fd, p, chunk);
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0) {

@@ -1385,19 +1385,6 @@ end
 
 -- ------------------------------------------------------------ scan
 
--- Whole contents of a source file. io.open + read("a") rather than
--- fs.read: fs.read sets up a 64 KiB buffer per call, which costs four
--- times the instructions on the small files a repository is made of (the
--- scan reads thousands); it follows symlinks, as fs.read does by default.
-local function read(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local data, rerr = f:read("a")
-  f:close()
-  if not data then return nil, path .. ": " .. tostring(rerr) end
-  return data
-end
-
 -- Is binding NAME (reached through env, an alias or a global) a KV
 -- namespace? true and what says so, or false and why not.
 local function binding_verdict(name, kinds)
@@ -1505,7 +1492,7 @@ function M.scan(root, opts)
   local total = #sources
   local progress = opts.progress
   for i, rel in ipairs(sources) do
-    local text, err = read(root == "." and rel or (root .. "/" .. rel))
+    local text, err = fs.read(root == "." and rel or (root .. "/" .. rel))
     if not text then
       errors[#errors + 1] = { file = rel, message = err }
     else
