@@ -263,7 +263,7 @@ local function do_run(a, name, resume_id)
   -- an expected failure: one line saying where the run stands, not a
   -- traceback. Anything else is a bug and goes on to the host's handler.
   if not ok then
-    local msg = tostring(code)
+    local msg = require("runbook.redact").mask(tostring(code))
     if not msg:match("^journal ") then error(code, 0) end
     pcall(out.close, out)
     pcall(function() if J then J:close() end end)

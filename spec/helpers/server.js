@@ -23,7 +23,7 @@
 //   /requests             JSON: count, max_inflight, log [{method, path, headers}]
 //   /reset                clears the log, counters and /fail state
 //   /retry-after/<s>      429 with Retry-After: s
-//   /fail/<n>             the next n requests to it get 503, then 200
+//   /fail/<n>[?json=1]    the next n requests to it get 503, then 200 (JSON {"ok":true} with json=1)
 //   /limited/<n>/<s>      the next n requests to it get 429 with Retry-After: s, then 200 (JSON)
 "use strict";
 
@@ -158,6 +158,7 @@ function handle(req, res, body) {
       return send(res, 503, `failing, ${left - 1} more\n`);
     }
     failState.set(p, 0);
+    if (url.searchParams.get("json")) return json(res, 200, { ok: true });
     return send(res, 200, "recovered\n");
   }
   return send(res, 404, "not found\n");
