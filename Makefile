@@ -118,10 +118,7 @@ test: deps
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
 	$(Q)$(MAKE) --no-print-directory B=build/asan BIN=build/asan/runbook CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" all
-	$(Q)ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  LSAN_OPTIONS=suppressions=$(abspath spec/helpers/lsan.supp):print_suppressions=0 \
-	  RUNBOOK_BIN=$(abspath build/asan/runbook) build/asan/runbook exec spec/helpers/busted.lua $(BUSTED_ARGS)
+	$(Q)spec/helpers/asan-run.sh $(abspath build/asan/runbook) $(BUSTED_ARGS)
 
 # valgrind on scripts that touch every C module and on journaled runbook runs
 valgrind: all
