@@ -8,74 +8,113 @@ local M = {}
 
 local EXIT_USAGE = 2
 
-local function build_parser()
+-- Each command's words, in the order `--help` lists them. run and resume
+-- share their options.
+local function run_opts(c)
+  c:option("-p --param", "A parameter: -p name=value (repeatable)."):count("*"):argname("<k=v>")
+  c:option("--env", "Environment from runbook.lua (default: the project's default_env).")
+  c:flag("--dry-run", "Perform reads, print writes without doing them.")
+  c:flag("--offline", "No network: reads come from fixtures, writes are printed.")
+  c:flag("-y --yes", "Confirm every confirmation gate (for CI).")
+  c:flag("--json", "One JSON event per line on stdout.")
+  c:option("--junit", "Write a JUnit XML report to this file."):argname("<file>")
+  c:option("--journal", "Journal file (default: $RUNBOOK_JOURNAL or ~/.local/state/runbook/journal.db).")
+end
+
+local COMMANDS = {
+  { "list", function(p)
+    p:command("list", "List the runbooks this project can run.")
+      :option("--journal", "Unused; accepted for symmetry.")
+  end },
+  { "show", function(p)
+    local show = p:command("show", "Print a runbook's parameters and steps without running anything.")
+    show:argument("name", "Runbook name or path to a .lua file.")
+    show:flag("--markdown", "Print as Markdown.")
+  end },
+  { "run", function(p)
+    local run = p:command("run", "Run a runbook.")
+    run:argument("name", "Runbook name or path to a .lua file.")
+    run_opts(run)
+    run:option("--from", "Start at this step (number or title prefix)."):argname("<step>")
+    run:flag("--resume", "Resume this runbook's last unfinished run on this environment.")
+  end },
+  { "resume", function(p)
+    local resume = p:command("resume", "Continue a failed or interrupted run at the step that did not finish.")
+    resume:argument("run_id", "The run id printed by the failed run.")
+    run_opts(resume)
+  end },
+  { "history", function(p)
+    local hist = p:command("history", "Past runs, newest first.")
+    hist:argument("name", "Only this runbook."):args("?")
+    hist:option("-n --limit", "How many.", "20")
+    hist:option("--journal", "Journal file.")
+    hist:flag("--json", "As JSON lines.")
+  end },
+  { "log", function(p)
+    local log = p:command("log", "Everything the journal kept about one run.")
+    log:argument("run_id")
+    log:option("--journal", "Journal file.")
+    log:flag("--json", "As JSON.")
+  end },
+  { "check", function(p)
+    local check = p:command("check", "Load every runbook, validate it, and run it --offline.")
+    check:argument("names", "Only these runbooks."):args("*")
+    check:flag("--no-run", "Validate only; do not run offline.")
+  end },
+  { "new", function(p)
+    local new = p:command("new", "Create a runbook from a template in the project's runbooks/.")
+    new:argument("name", "lower-case-words")
+  end },
+  { "schedule", function(p)
+    local sched = p:command("schedule", "Print a cron line, systemd service+timer or launchd plist that runs a "
+      .. "runbook every N minutes (installs nothing).")
+    sched:argument("name", "Runbook name or path to a .lua file.")
+    sched:option("--every", "How often: 30m, 1h, 90m (whole minutes)."):argname("<interval>"):count(1)
+    sched:option("--format", "cron, systemd or launchd.", "cron"):choices({ "cron", "systemd", "launchd" })
+    sched:option("--env", "Environment the scheduled runs target (default: the project's default_env).")
+    sched:option("-p --param", "A parameter for every run: -p name=value (repeatable)."):count("*"):argname("<k=v>")
+    sched:option("--log", "File the runs' output is appended to (default /tmp/<label>.log)."):argname("<file>")
+  end },
+  { "completion", function(p)
+    local comp = p:command("completion", "Print a bash completion script.")
+    comp:argument("shell", "Only bash is supported."):args("?")
+  end },
+  { "man", function(p)
+    p:command("man", "Print the manual page (roff) generated from this help.")
+  end },
+  { "exec", function(p)
+    p:command("exec", "Run a Lua file with every runbook module available: runbook exec FILE [ARGS...]")
+      :argument("file"):args("*")
+  end },
+}
+
+-- Commands whose output is about the whole command line, so they need
+-- every command in the parser.
+local WHOLE = { completion = true, man = true }
+
+---The argparse parser. With `only` (the first word of the command line,
+---when it names a command), only that command is defined: its parse, its
+---usage and its --help are exactly what the full parser gives for it, and
+---`runbook show`/`list` do not pay for building the eleven others.
+---@param only string|nil
+local function build_parser(only)
   local p = argparse("runbook", "Executable operations runbooks: each step is printed, done, verified and journaled.")
     :epilog("Exit codes: 0 ok, 1 a step failed, 2 bad usage/params, 3 lock held, " ..
       "4 interrupted, 5 confirmation refused, 70 internal error.  Docs: docs/CLI.md")
   p:command_target("command")
   p:flag("--version", "Print the version and exit.")
   p:require_command(false)
-
-  p:command("list", "List the runbooks this project can run.")
-    :option("--journal", "Unused; accepted for symmetry.")
-
-  local show = p:command("show", "Print a runbook's parameters and steps without running anything.")
-  show:argument("name", "Runbook name or path to a .lua file.")
-  show:flag("--markdown", "Print as Markdown.")
-
-  local function run_opts(c)
-    c:option("-p --param", "A parameter: -p name=value (repeatable)."):count("*"):argname("<k=v>")
-    c:option("--env", "Environment from runbook.lua (default: the project's default_env).")
-    c:flag("--dry-run", "Perform reads, print writes without doing them.")
-    c:flag("--offline", "No network: reads come from fixtures, writes are printed.")
-    c:flag("-y --yes", "Confirm every confirmation gate (for CI).")
-    c:flag("--json", "One JSON event per line on stdout.")
-    c:option("--junit", "Write a JUnit XML report to this file."):argname("<file>")
-    c:option("--journal", "Journal file (default: $RUNBOOK_JOURNAL or ~/.local/state/runbook/journal.db).")
+  local one
+  if only and not WHOLE[only] then
+    for _, c in ipairs(COMMANDS) do
+      if c[1] == only then one = c end
+    end
   end
-  local run = p:command("run", "Run a runbook.")
-  run:argument("name", "Runbook name or path to a .lua file.")
-  run_opts(run)
-  run:option("--from", "Start at this step (number or title prefix)."):argname("<step>")
-  run:flag("--resume", "Resume this runbook's last unfinished run on this environment.")
-
-  local resume = p:command("resume", "Continue a failed or interrupted run at the step that did not finish.")
-  resume:argument("run_id", "The run id printed by the failed run.")
-  run_opts(resume)
-
-  local hist = p:command("history", "Past runs, newest first.")
-  hist:argument("name", "Only this runbook."):args("?")
-  hist:option("-n --limit", "How many.", "20")
-  hist:option("--journal", "Journal file.")
-  hist:flag("--json", "As JSON lines.")
-
-  local log = p:command("log", "Everything the journal kept about one run.")
-  log:argument("run_id")
-  log:option("--journal", "Journal file.")
-  log:flag("--json", "As JSON.")
-
-  local check = p:command("check", "Load every runbook, validate it, and run it --offline.")
-  check:argument("names", "Only these runbooks."):args("*")
-  check:flag("--no-run", "Validate only; do not run offline.")
-
-  local new = p:command("new", "Create a runbook from a template in the project's runbooks/.")
-  new:argument("name", "lower-case-words")
-
-  local sched = p:command("schedule", "Print a cron line, systemd service+timer or launchd plist that runs a runbook "
-    .. "every N minutes (installs nothing).")
-  sched:argument("name", "Runbook name or path to a .lua file.")
-  sched:option("--every", "How often: 30m, 1h, 90m (whole minutes)."):argname("<interval>"):count(1)
-  sched:option("--format", "cron, systemd or launchd.", "cron"):choices({ "cron", "systemd", "launchd" })
-  sched:option("--env", "Environment the scheduled runs target (default: the project's default_env).")
-  sched:option("-p --param", "A parameter for every run: -p name=value (repeatable)."):count("*"):argname("<k=v>")
-  sched:option("--log", "File the runs' output is appended to (default /tmp/<label>.log)."):argname("<file>")
-
-  local comp = p:command("completion", "Print a bash completion script.")
-  comp:argument("shell", "Only bash is supported."):args("?")
-
-  p:command("man", "Print the manual page (roff) generated from this help.")
-  p:command("exec", "Run a Lua file with every runbook module available: runbook exec FILE [ARGS...]")
-    :argument("file"):args("*")
+  if one then
+    one[2](p)
+  else
+    for _, c in ipairs(COMMANDS) do c[2](p) end
+  end
   return p
 end
 
@@ -533,8 +572,9 @@ end
 ---@param args string[]
 ---@return integer exit code
 function M.main(args)
-  local parser = build_parser()
+  local parser = build_parser(args[1])
   local ok, a = parser:pparse(args)
+  collectgarbage("restart")
   if not ok then
     io.stderr:write(parser:get_usage(), "\n")
     err_out(a .. " (see runbook --help)")

@@ -35,6 +35,10 @@ return function(args)
   elseif cmd == "exec" then
     return exec(args)
   end
+  -- like lua.c around luaL_openlibs: no collection while the command line
+  -- is set up (argparse and its parser are short-lived garbage-free
+  -- tables); cli.main restarts the collector once the words are parsed
+  collectgarbage("stop")
   local ok, cli = pcall(require, "runbook.cli")
   if not ok then
     io.stderr:write("runbook: this build has no command line yet (try --version or exec FILE)\n")
