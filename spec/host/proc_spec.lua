@@ -511,6 +511,9 @@ describe("proc signals", function()
     assert.equals("TERM", t.still_pending)   -- and left the flag for the engine
     assert.equals("EINTR", t.wait)
     assert.equals("INT", t.wait_pending)
+    assert.equals("EINTR", t.wait_late)
+    assert.equals("INT", t.wait_late_pending)
+    assert.equals("true", t.child_still_running)
   end)
 
   it("a second identical signal before the first is taken terminates", function()
