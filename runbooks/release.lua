@@ -137,7 +137,7 @@ return rb.runbook {
         if t.where == "remote" then
           local ok, why = ctx:confirm(("Deploy Worker script %s to %s (%s)."):format(t.script, t.url,
             migration.describe_where(t.d1, o)), t.script)
-          if not ok then ctx:fail("script %s not confirmed, nothing changed: %s", t.script, why) end
+          if not ok then ctx:refuse("script %s not confirmed, nothing changed: %s", t.script, why) end
           t.confirmed = true
         end
         ctx:set("target", t)

@@ -145,6 +145,14 @@ function Ctx:fail(fmt, ...)
   raise("failed", msg)
 end
 
+---The operator declined a confirmation asked inside a step (ctx:confirm):
+---the step and the run end as refused (exit 5), like a declined step gate,
+---not as a failure.
+function Ctx:refuse(fmt, ...)
+  local msg = select("#", ...) > 0 and fmt:format(...) or tostring(fmt)
+  raise("refused", msg)
+end
+
 -- checkpoints --------------------------------------------------------------
 
 ---Persist progress inside this step; durable when it returns.

@@ -310,12 +310,14 @@ function M.step(ctx, J, step, i, total)
   err = err and redact.mask(err)
   ctx:_end_step()
   J:step_end(run_id, i, status, ctx:_output(), err)
-  emit({ event = "step_end", t = now(), index = i, title = step.title, status = status,
+  -- a refusal shows as the step's failure (as a declined gate does); the
+  -- journal and the run's end say refused
+  emit({ event = "step_end", t = now(), index = i, title = step.title, status = status == "refused" and "failed" or status,
     duration = now() - t0, error = err, hint = status == "failed" and step.hint or nil })
   return status, err, step.hint
 end
 
----One attempt: run, then verify. Returns "ok" | "failed" | "interrupted", err.
+---One attempt: run, then verify. Returns "ok" | "failed" | "interrupted" | "refused", err.
 function M.attempt(ctx, step, i)
   local emit = ctx._emit
   local ok, e = xpcall(step.run, function(x)
@@ -324,6 +326,7 @@ function M.attempt(ctx, step, i)
   end, ctx)
   if not ok then
     if e.kind == "interrupted" then return "interrupted", e.message end
+    if e.kind == "refused" then return "refused", e.message end
     if e.runbook_error == "bug" then
       -- a plain Lua error inside a runbook: show where, but only the first
       -- line of the traceback to the operator (the journal keeps it all)

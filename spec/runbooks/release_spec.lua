@@ -193,7 +193,8 @@ describe("#hub apply-d1-migrations and release", function()
     assert.matches("Type 'orchestrator%-hub%-production' to continue: ", screen)
     assert.matches("script orchestrator%-hub%-production not confirmed, nothing changed: not confirmed " ..
       "%(expected 'orchestrator%-hub%-production'%)", screen)
-    assert.matches("status=1", screen)
+    assert.matches("REFUSED", screen)
+    assert.matches("status=5", screen) -- refused, as a declined gate: not a failure
     assert.equals("whoami\n", log)
     -- the right name: it goes ahead
     screen, log = on_pty("production\norchestrator-hub-production\n")
