@@ -192,8 +192,9 @@ static int f_read(lua_State *L) {
     return fail(L, EISDIR, "read", path);
   /* a regular file is read in one buffer of its size (+1 to see EOF in the
    * same buffer); a pipe, a device or a /proc file (size 0) in 64 KiB steps */
-  size_t chunk = 65536;
-  if (S_ISREG(st.st_mode) && st.st_size > 0 && (uintmax_t)st.st_size < (uintmax_t)SIZE_MAX / 2)
+  size_t chunk = 65536, total = 0;
+  int sized = S_ISREG(st.st_mode) && st.st_size > 0 && (uintmax_t)st.st_size < (uintmax_t)SIZE_MAX / 2;
+  if (sized)
     chunk = (size_t)st.st_size + 1;
   luaL_Buffer buf;
   luaL_buffinit(L, &buf);
@@ -210,6 +211,12 @@ static int f_read(lua_State *L) {
     if (n == 0)
       break;
     luaL_addsize(&buf, (size_t)n);
+    total += (size_t)n;
+    /* the size fstat gave, in a short read: that is the end (one read
+     * instead of two per file when walking a tree); a file still growing
+     * keeps being read */
+    if (sized && (size_t)n < chunk && total == (size_t)st.st_size)
+      break;
   }
   fd_release(b);
   luaL_pushresult(&buf);

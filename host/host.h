@@ -20,6 +20,7 @@
 int luaopen_runbook_proc_core(lua_State *L);
 int luaopen_runbook_fs_core(lua_State *L);
 int luaopen_runbook_term_core(lua_State *L);
+int luaopen_runbook_text_core(lua_State *L);
 
 /* Push nil, "<what>: <strerror(err)>", "<ERRNO NAME>"; returns 3. */
 int host_errno_result(lua_State *L, int err, const char *what);

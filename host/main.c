@@ -130,6 +130,7 @@ static void set_builtin_modules(lua_State *L) {
       {"runbook.proc.core", luaopen_runbook_proc_core},
       {"runbook.fs.core", luaopen_runbook_fs_core},
       {"runbook.term.core", luaopen_runbook_term_core},
+      {"runbook.text.core", luaopen_runbook_text_core},
       {NULL, NULL},
   };
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

@@ -21,6 +21,7 @@
 -- writes the baseline, so modes apply).
 
 local fs = require("runbook.fs")
+local find_all = require("runbook.text").find_all
 
 local M = {}
 
@@ -1124,7 +1125,7 @@ end
 -- what env.X is, in every file
 local BINDING_TYPES = { "KVNamespace", "R2Bucket", "DurableObjectNamespace", "D1Database" }
 
-local OP_NEEDLES = { { ".put", "put" }, { ".get", "get" }, { ".delete", "delete" }, { ".list", "list" } }
+local NEEDLES, NEEDLE_OPS = { ".put", ".get", ".delete", ".list" }, { "put", "get", "delete", "list" }
 
 local File = {}
 File.__index = File
@@ -1191,19 +1192,6 @@ local function in_code_fast(F, pos, ls)
   return true
 end
 
--- line numbers (and where the line starts) for positions that only grow
-local function line_counter(text)
-  local line, start, nl = 1, 1, find(text, "\n", 1, true)
-  return function(pos)
-    while nl and nl < pos do
-      line = line + 1
-      start = nl + 1
-      nl = find(text, "\n", start, true)
-    end
-    return line, start
-  end
-end
-
 -- the reason without the receiver's name, to count exclusions by kind
 local function reason_group(reason)
   return (reason:gsub("^receiver %S+ is not", "receiver is not"))
@@ -1223,27 +1211,27 @@ local EXPR_REASON = "the receiver is an expression, not a binding"
 ---@return table[] sites, table[] excluded, table facts { do_bindings = {...}, types = {...} }
 function M.analyze(text, path, A)
   A = A or M.analyzer()
-  local cands, ops, parens, n = {}, {}, {}, 0
-  for i = 1, 4 do
-    local needle, op = OP_NEEDLES[i][1], OP_NEEDLES[i][2]
-    local p = find(text, needle, 1, true)
-    while p do
-      local after = p + #needle
-      local b = byte(text, after)
-      local paren
-      if b == B_LP then
-        paren = after
-      elseif b == 32 or b == 9 or b == 10 or b == 13 then
-        paren = match(text, "^%s*()%(", after)
-      elseif b == 87 and op == "get" then
-        paren = match(text, "^WithMetadata%s*()%(", after)
-      end
-      if paren then
-        n = n + 1
-        cands[n] = p
-        ops[p], parens[p] = op, paren
-      end
-      p = find(text, needle, after, true)
+  -- every ".put"/".get"/".delete"/".list" with its line, in one C pass (a
+  -- string.find loop stops at every dot once per needle, and numbering
+  -- lines costs a find per newline)
+  local cands, ops, parens, lines, lstarts, n = {}, {}, {}, {}, {}, 0
+  local at, which, line_at, lstart_at = find_all(text, NEEDLES)
+  for i = 1, #at do
+    local p, op = at[i], NEEDLE_OPS[which[i]]
+    local after = p + #op + 1
+    local b = byte(text, after)
+    local paren
+    if b == B_LP then
+      paren = after
+    elseif b == 32 or b == 9 or b == 10 or b == 13 then
+      paren = match(text, "^%s*()%(", after)
+    elseif b == 87 and op == "get" then
+      paren = match(text, "^WithMetadata%s*()%(", after)
+    end
+    if paren then
+      n = n + 1
+      cands[n] = p
+      ops[n], parens[n], lines[n], lstarts[n] = op, paren, line_at[i], lstart_at[i]
     end
   end
   local sites, excluded = {}, {}
@@ -1266,7 +1254,6 @@ function M.analyze(text, path, A)
     end
   end
   if n == 0 then return sites, excluded, facts end
-  if n > 1 then table.sort(cands) end
 
   -- pass 1: what each receiver is (memoised per receiver: cheap)
   local F = setmetatable({ text = text, memo = {}, defs = {}, assigns = {}, heads = {}, A = A }, File)
@@ -1285,19 +1272,17 @@ function M.analyze(text, path, A)
   -- so unless a block comment or a template literal may span into it; then
   -- (and for the rest of the file) the whole file is lexed up to the last one
   local S, E, ns
-  local line_of = line_counter(text)
   local shown, all_lines, quota = A.shown, A.all_lines, A.examples
   local j = 1
   for i = 1, n do
     local dot = cands[i]
-    local op = ops[dot]
+    local op = ops[i]
     local r, R = res[i], recv[i]
     local reason
     if r.kv then
       local code
       if not S then
-        local _, ls = line_of(dot)
-        code = in_code_fast(F, dot, ls)
+        code = in_code_fast(F, dot, lstarts[i])
       end
       if code == nil then
         if not S then S, E, ns = M.lex(text, last_kv) end
@@ -1308,7 +1293,7 @@ function M.analyze(text, path, A)
     else
       reason = r.reason
       if r.unknown and op == "put" and find(words(R), "_cache_", 1, true) then
-        local args = M.call_args(text, parens[dot])
+        local args = M.call_args(text, parens[i])
         local a1 = args and trimmed(text, args[1]) or ""
         if args and #args == 2 and (find(a1, "^[%w_$%.]*[rR]eq") or find(a1, "^new%s+Request")) then
           reason = "Cache API: cache.put(request, response), not KV"
@@ -1321,12 +1306,12 @@ function M.analyze(text, path, A)
       local line
       if all_lines or c < quota then
         shown[group] = c + 1
-        line = line_of(dot)
+        line = lines[i]
       end
       excluded[#excluded + 1] = { file = path, line = line, op = op, receiver = R or "", reason = reason, group = group }
     else
-      local line = line_of(dot)
-      local a1, a3, nargs = key_args(text, parens[dot], op)
+      local line = lines[i]
+      local a1, a3, nargs = key_args(text, parens[i], op)
       if op == "get" and nargs == 0 then
         reason = "get() with no key is not a KV read (a Secrets Store or other binding)"
         excluded[#excluded + 1] = { file = path, line = line, op = op, receiver = R, reason = reason, group = reason }

@@ -1,0 +1,18 @@
+-- text.lua — the public face of runbook.text.core: byte searches over a
+-- string in one C pass (see docs/HOST.md, "text").
+
+local core = require("runbook.text.core")
+
+local M = {}
+
+---Every occurrence of any of the needles (plain bytes, 1 to 16 non-empty
+---strings) in s, in position order, with its line: like `grep -bn -F`.
+---@param s string
+---@param needles string[]
+---@return integer[] pos 1-based positions
+---@return integer[] which index of the needle found there (the first listed wins)
+---@return integer[] line 1-based line numbers
+---@return integer[] lstart position of each line's first byte
+M.find_all = core.find_all
+
+return M
