@@ -9,8 +9,9 @@
 -- regressions.
 --
 -- It has to keep up with `grep -rEn` on large trees, so the cheap test runs
--- first and the costly ones only where they can matter: plain string.find
--- for ".put"/".get"/".delete"/".list" decides which files need analysis; a
+-- first and the costly ones only where they can matter: one C pass
+-- (runbook.text.find_all) finds ".put"/".get"/".delete"/".list" with their
+-- line numbers and decides which files need analysis; a
 -- lexer that jumps from quote to quote and slash to slash marks comments
 -- and literals (never one character at a time); receivers and enclosing
 -- blocks are read backwards through a reversed copy of the file with
@@ -1140,8 +1141,8 @@ end
 
 ---Options shared by every file of a scan (see M.scan): known KV names,
 ---receivers that are not KV, and whether every excluded lookalike gets a
----line number (else only the first few of each reason do: counting lines
----is the one cost that grows with the size of a file).
+---line number (else only the first few of each reason do, to keep the
+---report short).
 ---@param o table|nil { bindings = {...}, not_kv = { RECEIVER = reason } | {...}, all_lines = bool, examples = 3 }
 function M.analyzer(o)
   o = o or {}
