@@ -42,7 +42,10 @@ local function stop_all()
   started = {}
 end
 local function start(argv, log)
-  local p = assert(proc.spawn({ argv = argv, stdout = log, stderr = log }))
+  -- the supervisors end with this script even if it is killed before its
+  -- cleanup (RUNBOOK_SUPERVISOR_OWNER, see stdlib/service.lua)
+  local p = assert(proc.spawn({ argv = argv, stdout = log, stderr = log,
+    env_add = { RUNBOOK_SUPERVISOR_OWNER = tostring(proc.getpid()) } }))
   started[#started + 1] = p
   return p
 end

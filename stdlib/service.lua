@@ -10,6 +10,9 @@
 -- DIR holds supervisor.pid, child.json ({pid, generation, started_at}),
 -- restart.request and child.log. The supervisor runs the child in its own
 -- process group and stops the whole group, so nothing is left behind.
+-- Whoever starts a supervisor for a session of its own (the specs, `make
+-- demo`) passes its pid in RUNBOOK_SUPERVISOR_OWNER: the supervisor ends
+-- with it (M.owner_from_env).
 
 local cjson = require("cjson.safe")
 
@@ -43,10 +46,21 @@ function M.status(dir)
   return { supervisor = M.supervisor(dir), child = child }
 end
 
+---The owner pid a supervisor command should pass to M.supervise: the
+---positive integer in $RUNBOOK_SUPERVISOR_OWNER, else nil.
+function M.owner_from_env()
+  local pid = math.tointeger(tonumber(os.getenv("RUNBOOK_SUPERVISOR_OWNER") or ""))
+  if pid and pid > 0 then return pid end
+  return nil
+end
+
 ---Run the supervisor in the foreground until SIGINT/SIGTERM.
 ---@param dir string
 ---@param start fun(generation: integer): table  returns spawn spec { argv, env_add, cwd }
----@param o table|nil { on_start = fn(child), poll = 0.1, min_uptime = 2 }
+---With `owner` (a pid), it also stops — the child first, as on a signal —
+---once that process is gone, so a test run or `make demo` that dies
+---without cleaning up does not leave the hub or the daemon running.
+---@param o table|nil { on_start = fn(child), poll = 0.1, min_uptime = 2, owner = pid }
 function M.supervise(dir, start, o)
   o = o or {}
   local P, T = proc(), term()
@@ -80,6 +94,7 @@ function M.supervise(dir, start, o)
   while true do
     local sig = P.pending_signal()
     if sig then break end
+    if o.owner and not P.alive(o.owner) then break end
     if fs().exists(dir .. "/restart.request") then
       child:stop(o.grace or 5)
       os.remove(dir .. "/restart.request")

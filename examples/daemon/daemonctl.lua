@@ -22,7 +22,7 @@ if cmd == "supervise" then
   if not env_file then return usage() end
   local ok, err = service.supervise(dir, function()
     return { argv = { package.runbook_exe, "exec", here .. "/daemon.lua", env_file } }
-  end)
+  end, { owner = service.owner_from_env() })
   if not ok then io.stderr:write("daemonctl: ", err, "\n") return 1 end
   return 0
 elseif cmd == "restart" then

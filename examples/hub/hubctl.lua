@@ -81,7 +81,7 @@ if cmd == "supervise" then
     return { argv = wrangler_argv(hub_dir, { "dev", "--ip", "127.0.0.1", "--port", port,
       "--persist-to", state .. "/wrangler", "--show-interactive-dev-session=false", "--log-level", "info" }),
       cwd = hub_dir, env_add = wrangler_env(state) }
-  end, { grace = 5 })
+  end, { grace = 5, owner = service.owner_from_env() })
   if not ok then io.stderr:write("hubctl: ", err, "\n") return 1 end
   return 0
 elseif cmd == "restart" then

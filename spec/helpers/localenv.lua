@@ -120,7 +120,8 @@ function M.start(o)
 
   local exe = cli.bin
   local hub = assert(P.spawn({ argv = { exe, "exec", ROOT .. "/examples/hub/hubctl.lua", "supervise",
-    d .. "/hubstate", tostring(self.port), d .. "/hub-src" }, stdout = d .. "/hub.log", stderr = d .. "/hub.log" }))
+    d .. "/hubstate", tostring(self.port), d .. "/hub-src" }, stdout = d .. "/hub.log", stderr = d .. "/hub.log",
+    env_add = { RUNBOOK_SUPERVISOR_OWNER = tostring(P.getpid()) } }))
   self.handles[#self.handles + 1] = hub
   local http = require("runbook.http")
   local t_end = term().monotonic() + 120
@@ -136,7 +137,8 @@ function M.start(o)
   end
   if o.daemon ~= false then
     self.handles[#self.handles + 1] = assert(P.spawn({ argv = { exe, "exec", ROOT .. "/examples/daemon/daemonctl.lua",
-      "supervise", d .. "/daemon/sup", d .. "/daemon/.env" }, stdout = d .. "/daemon.log", stderr = d .. "/daemon.log" }))
+      "supervise", d .. "/daemon/sup", d .. "/daemon/.env" }, stdout = d .. "/daemon.log", stderr = d .. "/daemon.log",
+      env_add = { RUNBOOK_SUPERVISOR_OWNER = tostring(P.getpid()) } }))
     t_end = term().monotonic() + 20
     while not fs().exists(d .. "/daemon/state/status.json") and term().monotonic() < t_end do term().sleep(0.05) end
   end
