@@ -33,8 +33,8 @@ static int t_find_all(lua_State *L) {
   luaL_argcheck(L, k >= 1 && k <= MAX_NEEDLES, 2, "1 to 16 needles");
   const char *nd[MAX_NEEDLES];
   size_t nl[MAX_NEEDLES];
-  unsigned char first[256] = {0};
-  int distinct = 0;
+  unsigned char first[256] = {0}, second[256] = {0};
+  int distinct = 0, short_needle = 0;
   for (int i = 0; i < (int)k; i++) {
     lua_rawgeti(L, 2, i + 1);
     if (lua_type(L, -1) != LUA_TSTRING)
@@ -45,6 +45,10 @@ static int t_find_all(lua_State *L) {
     lua_pop(L, 1);
     if (!first[(unsigned char)nd[i][0]]++)
       distinct++;
+    if (nl[i] == 1)
+      short_needle = 1;
+    else
+      second[(unsigned char)nd[i][1]] = 1;
   }
   lua_createtable(L, 8, 0); /* pos */
   lua_createtable(L, 8, 0); /* which */
@@ -65,6 +69,9 @@ static int t_find_all(lua_State *L) {
       continue;
     }
     size_t left = (size_t)(end - p);
+    /* most candidate bytes (a dot) are followed by no needle's 2nd byte */
+    if (!short_needle && (left < 2 || !second[(unsigned char)p[1]]))
+      continue;
     int hit = -1;
     for (int i = 0; i < (int)k && hit < 0; i++) {
       const char *n = nd[i];
