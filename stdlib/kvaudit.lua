@@ -1317,8 +1317,11 @@ function M.analyze(text, path, A)
         reason = "get() with no key is not a KV read (a Secrets Store or other binding)"
         excluded[#excluded + 1] = { file = path, line = line, op = op, receiver = R, reason = reason, group = reason }
       else
+        -- every field a site gets later (here, in scan and in classify) is
+        -- named, nil, so the table is sized once instead of growing twice
         local site = { file = path, line = line, op = op, binding = r.binding, receiver = R, via = r.via, how = r.how,
-          key_expr = a1 and a1:gsub("%s+", " ") or "" }
+          key_expr = a1 and a1:gsub("%s+", " ") or "", key = nil, prefix = nil, ttl = nil, hot = nil, fn = nil,
+          id = nil, category = nil, category_reason = nil, what = nil, home = nil, home_reason = nil }
         if op == "list" then
           site.prefix = list_prefix(F, a1, dot)
         else
