@@ -1480,10 +1480,6 @@ function M.scan(root, opts)
   local do_names, typed = {}, {}
   local total = #sources
   local progress = opts.progress
-  -- each file's text is garbage once analysed, and little else lives: the
-  -- collector runs half as often (a heap of 4x the live data, not 2x),
-  -- which is most of its cost here; restored after the loop
-  local pause = collectgarbage("setpause", 400)
   for i, rel in ipairs(sources) do
     local text, err = fs.read(root == "." and rel or (root .. "/" .. rel))
     if not text then
@@ -1502,7 +1498,6 @@ function M.scan(root, opts)
     end
     if progress and (i % 200 == 0 or i == total) then progress(i, total) end
   end
-  collectgarbage("setpause", pause)
   if progress and total == 0 then progress(0, 0) end
 
   -- second pass: env bindings against what the configs and the code say
