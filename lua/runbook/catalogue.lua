@@ -146,7 +146,7 @@ end
 
 -- Summaries for `runbook list`, cached: loading 20 runbooks costs more than
 -- the whole start-up budget, so name and summary are kept per file in
--- $XDG_CACHE_HOME/runbook/catalogue.json (default ~/.cache), keyed by the
+-- $XDG_CACHE_HOME/runbook/catalogue.txt (default ~/.cache), keyed by the
 -- file's path, size and mtime (built-ins: by the binary's). A file that does
 -- not load is never cached, so its error shows every time. The cache is an
 -- optimisation only: unreadable, unwritable or corrupt, it is ignored.
@@ -157,7 +157,7 @@ local function cache_path()
     if not home or home == "" then return nil end
     base = home .. "/.cache"
   end
-  return base .. "/runbook/catalogue.json"
+  return base .. "/runbook/catalogue.txt"
 end
 
 local function stamp(fs, path)
@@ -165,20 +165,41 @@ local function stamp(fs, path)
   return st and ("%d:%.9f"):format(st.size, st.mtime) or nil
 end
 
+-- The cache file: a first line "runbook-catalogue 1", then one line per
+-- runbook "KEY<TAB>STAMP<TAB>SUMMARY" (plain text: reading it needs no JSON
+-- decoder, the cost `runbook list` would otherwise pay at every start). An
+-- entry whose key or summary holds a tab or a newline is not cached.
+local CACHE_HEAD = "runbook-catalogue 1"
+
+local function read_cache(path)
+  local f = io.open(path, "rb")
+  if not f then return {} end
+  local text = f:read("a") or ""
+  f:close()
+  local entries = {}
+  if text:sub(1, #CACHE_HEAD + 1) ~= CACHE_HEAD .. "\n" then return entries end
+  for key, st, summary in text:gmatch("\n([^\t\n]+)\t([^\t\n]+)\t([^\t\n]*)") do
+    entries[key] = { stamp = st, summary = summary }
+  end
+  return entries
+end
+
+local function cache_text(entries)
+  local keys = {}
+  for k, e in pairs(entries) do
+    if not (k:find("[\t\n]") or e.stamp:find("[\t\n]") or e.summary:find("[\t\n]")) then keys[#keys + 1] = k end
+  end
+  table.sort(keys)
+  local out = { CACHE_HEAD }
+  for _, k in ipairs(keys) do out[#out + 1] = k .. "\t" .. entries[k].stamp .. "\t" .. entries[k].summary end
+  return table.concat(out, "\n") .. "\n"
+end
+
 ---@return table rows { name, summary | nil, err | nil, source }
 function M.summaries(project)
   local fs = require("runbook.fs.core")
-  local cjson = require("cjson.safe")
   local cpath = cache_path()
-  local cache = {}
-  if cpath then
-    local f = io.open(cpath, "rb")
-    if f then
-      local t = cjson.decode(f:read("a") or "")
-      f:close()
-      if type(t) == "table" and type(t.entries) == "table" then cache = t.entries end
-    end
-  end
+  local cache = cpath and read_cache(cpath) or {}
   local exe_stamp = package.runbook_exe and stamp(fs, package.runbook_exe)
   local fresh, changed, out = {}, false, {}
   for _, e in ipairs(M.names(project)) do
@@ -190,7 +211,7 @@ function M.summaries(project)
       st = stamp(fs, key)
     end
     local hit = st and cache[key]
-    if hit and type(hit) == "table" and hit.stamp == st and type(hit.summary) == "string" then
+    if hit and hit.stamp == st then
       fresh[key] = hit
       out[#out + 1] = { name = e.name, summary = hit.summary, source = e.source }
     else
@@ -200,7 +221,7 @@ function M.summaries(project)
         err = ("%s: file is %s.lua but the runbook is named %s"):format(def.source, e.name, def.name)
         def = nil
       end
-      if def and st then
+      if def and st and type(def.summary) == "string" then
         fresh[key] = { stamp = st, summary = def.summary }
         changed = true
       end
@@ -211,7 +232,7 @@ function M.summaries(project)
   if cpath and changed then
     local dir = cpath:match("^(.*)/[^/]*$")
     if fs.mkdir_p(dir, tonumber("700", 8)) then
-      fs.write_atomic(cpath, cjson.encode({ version = 1, entries = fresh }), { mode = tonumber("600", 8) })
+      fs.write_atomic(cpath, cache_text(fresh), { mode = tonumber("600", 8) })
     end
   end
   return out
@@ -241,7 +262,7 @@ end
 local function show_file(cpath, key)
   local base = key:gsub("[^%w%-]", "_")
   if #base > 180 then base = base:sub(-180) end
-  return cpath:gsub("catalogue%.json$", "show/" .. base)
+  return cpath:gsub("catalogue%.txt$", "show/" .. base)
 end
 
 local function read_show(path, key, fs)
