@@ -322,11 +322,25 @@ local function fmt_time(t)
   return os.date("%Y-%m-%d %H:%M:%S", math.floor(t))
 end
 
+-- A run the journal says is running, but whose process (on this host) is
+-- gone — killed with SIGKILL, the machine rebooted: shown as "died", with
+-- `process_gone = true` in JSON, so nobody waits for it. `runbook resume`
+-- continues it like any interrupted run.
+local function mark_gone(r)
+  if r.status ~= "running" or not r.pid then return r end
+  local ok, P = pcall(require, "runbook.proc.core")
+  if ok and r.host == P.hostname() and not P.alive(r.pid) then
+    r.status, r.process_gone = "died", true
+  end
+  return r
+end
+
 local function cmd_history(a)
   local J, err = require("runbook.journal").open(a.journal)
   if not J then err_out(err) return EXIT_USAGE end
   local rows = J:history(a.name, tonumber(a.limit) or 20)
   J:close()
+  for _, r in ipairs(rows) do mark_gone(r) end
   if a.json then
     local cjson = require("cjson")
     for _, r in ipairs(rows) do io.stdout:write(cjson.encode(r), "\n") end
@@ -357,6 +371,7 @@ local function cmd_log(a)
   end
   local steps = J:steps(a.run_id)
   J:close()
+  mark_gone(r)
   if a.json then
     local cjson = require("cjson")
     r.steps = steps
@@ -368,6 +383,10 @@ local function cmd_log(a)
   w:write(("started %s by %s@%s, pid %s%s\n"):format(fmt_time(r.started_at), r.user or "?", r.host or "?",
     tostring(r.pid), r.resumes > 0 and (", resumed " .. r.resumes .. "×") or ""))
   if r.error then w:write("error: ", r.error, "\n") end
+  if r.process_gone then
+    w:write(("its process (pid %d) is gone without ending the run: `runbook resume %s%s` continues it\n")
+      :format(r.pid, r.id, a.journal and (" --journal " .. a.journal) or ""))
+  end
   for _, s in ipairs(steps) do
     local took = s.ended_at and s.started_at and ("%.2f s"):format(s.ended_at - s.started_at) or "-"
     w:write(("[%d] %-11s %s (%s%s)\n"):format(s.idx, s.status, s.title, took,

@@ -96,7 +96,17 @@ describe("engine", function()
     local before = lines(dir .. "/log")
     assert.is_true(before < 40)
     local h = history(j)
-    assert.equals("running", h[1].status)  -- killed: never got to say otherwise
+    -- killed, it never got to say otherwise; its process is gone, so history
+    -- and log say it died and how to continue
+    assert.equals("died", h[1].status)
+    assert.is_true(h[1].process_gone)
+    local table_out = cli.run({ "history", "--journal", j }).stdout
+    local id = h[1].id:gsub("%p", "%%%0")
+    assert.matches("\n" .. id .. "%s+pages%s+%S+%s+run%s+died ", table_out)
+    local log = cli.run({ "log", h[1].id, "--journal", j }).stdout
+    assert.matches(" — died\n", log)
+    assert.matches("is gone without ending the run: `runbook resume " .. id .. " %-%-journal " ..
+      j:gsub("%p", "%%%0") .. "` continues it", log)
     local r = cli.run({ "resume", h[1].id, "--journal", j })
     assert.equals(0, r.code, r.stdout .. r.stderr)
     local n, seen = lines(dir .. "/log")
