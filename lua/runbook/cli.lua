@@ -328,8 +328,8 @@ end
 -- continues it like any interrupted run.
 local function mark_gone(r)
   if r.status ~= "running" or not r.pid then return r end
-  local ok, P = pcall(require, "runbook.proc.core")
-  if ok and r.host == P.hostname() and not P.alive(r.pid) then
+  local P = require("runbook.proc.core")
+  if r.host == P.hostname() and not P.alive(r.pid) then
     r.status, r.process_gone = "died", true
   end
   return r

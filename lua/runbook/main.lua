@@ -35,9 +35,10 @@ return function(args)
   elseif cmd == "exec" then
     return exec(args)
   end
-  -- like lua.c around luaL_openlibs: no collection while the command line
-  -- is set up (argparse and its parser are short-lived garbage-free
-  -- tables); cli.main restarts the collector once the words are parsed
+  -- like lua.c around luaL_openlibs: no collection while argparse loads and
+  -- the parser is built (little of it is garbage, and a short command ends
+  -- before a cycle would pay off); cli.main restarts the collector right
+  -- after parsing, before any command runs
   collectgarbage("stop")
   local ok, cli = pcall(require, "runbook.cli")
   if not ok then

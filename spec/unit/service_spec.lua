@@ -15,21 +15,17 @@ local function wait_until(fn, secs)
 end
 
 describe("service.supervise with an owner", function()
-  local dir, owner, sup
-  before_each(function()
-    dir = os.tmpname()
-    os.remove(dir)
-    owner = assert(proc.spawn({ argv = { "sleep", "100" } }))
-    sup = assert(proc.spawn({ argv = { BIN, "exec", "spec/fixtures/supervise_sleep.lua", dir },
-      env_add = { RUNBOOK_SUPERVISOR_OWNER = tostring(owner:pid()) } }))
-  end)
-  after_each(function()
-    owner:stop(0)
-    sup:stop(1)
-    os.execute("rm -rf '" .. dir .. "'")
-  end)
-
   it("keeps its child running while the owner lives, and stops both once the owner is gone", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local owner = assert(proc.spawn({ argv = { "sleep", "100" } }))
+    local sup = assert(proc.spawn({ argv = { BIN, "exec", "spec/fixtures/supervise_sleep.lua", dir },
+      env_add = { RUNBOOK_SUPERVISOR_OWNER = tostring(owner:pid()) } }))
+    finally(function()
+      owner:stop(0)
+      sup:stop(1)
+      os.execute("rm -rf '" .. dir .. "'")
+    end)
     assert.is_true(wait_until(function() return service.status(dir).child ~= nil end, 20), "no child started")
     local child = service.status(dir).child.pid
     term.sleep(0.3)
