@@ -111,16 +111,7 @@ return rb.runbook {
         ctx:set("B", t.B)
         ctx:set("C", t.C)
       end,
-      verify = {
-        rb.check("every site has a category and the evidence for it", function(ctx)
-          for _, s in ipairs(scanned(ctx).sites) do
-            if not (s.category and s.category_reason and s.home) then
-              return false, ("%s has no category"):format(kvaudit.describe(s))
-            end
-          end
-          return true
-        end),
-      },
+      no_verify = "classification happens in memory; nothing outside changes (spec/kvaudit checks the rules)",
     },
 
     rb.step "Report: totals, puts without TTL, lists on hot paths, migration candidates" {
@@ -131,13 +122,7 @@ return rb.runbook {
         ctx:set("put_without_ttl", t.put_without_ttl)
         ctx:set("list_hot", t.list_hot)
       end,
-      verify = {
-        rb.check("the totals per operation add up to the sites found", function(ctx)
-          local t = kvaudit.totals(scanned(ctx))
-          return t.put + t.get + t.delete + t.list == t.sites,
-            ("put %d + get %d + delete %d + list %d ≠ %d"):format(t.put, t.get, t.delete, t.list, t.sites)
-        end),
-      },
+      no_verify = "prints what the scan found; nothing outside changes",
     },
 
     rb.step "Write the baseline" {

@@ -22,6 +22,10 @@ describe("text.find_all", function()
       all("aaa\r\na", { "aa", "a" }))
   end)
 
+  it("finds needles that start with different bytes (one pass, first bytes from a table)", function()
+    assert.same({ { 2, 1, 1, 1 }, { 4, 2, 1, 1 }, { 7, 1, 2, 7 } }, all("a.b-c\n.", { ".", "-" }))
+  end)
+
   it("gives empty arrays when nothing matches, and for an empty string", function()
     assert.same({}, all("no calls here\n", { ".put" }))
     assert.same({}, all("", { ".put" }))

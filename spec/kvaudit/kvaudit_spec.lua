@@ -500,11 +500,21 @@ describe("kvaudit.scan errors", function()
   end)
 
   it("takes extra bindings and path globs from its options", function()
-    local r = scan(FIX, { exclude = "src/legacy.js,lookalikes.js", config = false, bindings = { "LEGACY_STORE" } })
-    for _, s in ipairs(r.sites) do assert.not_equals("src/legacy.js", s.file) end
+    -- without kvaudit.json, LEGACY_STORE is a KV binding only when the options say so
+    local r = scan(FIX, { exclude = "lookalikes.js", config = false, bindings = { "LEGACY_STORE" } })
+    local s = by_where(r.sites)
+    assert.matches("^global binding LEGACY_STORE .*%(a KV namespace in parameters%)", s["src/legacy.js:7:get"].how)
+    assert.is_not_nil(s["src/legacy.js:8:put"])
+    local without = scan(FIX, { exclude = "lookalikes.js", config = false })
+    assert.is_nil(by_where(without.sites)["src/legacy.js:7:get"])
+    -- the globs leave files out: src/legacy.js and src/lookalikes.js are not read
+    assert.equals(7, r.files)
+    local fewer = scan(FIX, { exclude = "src/legacy.js,lookalikes.js", config = false, bindings = { "LEGACY_STORE" } })
+    assert.equals(6, fewer.files)
+    for _, x in ipairs(fewer.sites) do assert.not_equals("src/legacy.js", x.file) end
     -- without kvaudit.json, test/ is scanned
     local tests = 0
-    for _, s in ipairs(r.sites) do if s.file:find("^test/") then tests = tests + 1 end end
+    for _, x in ipairs(r.sites) do if x.file:find("^test/") then tests = tests + 1 end end
     assert.equals(1, tests)
   end)
 end)
