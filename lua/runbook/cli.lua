@@ -160,7 +160,9 @@ local function describe_param(p)
   local bits = { p.type }
   if p.type == "enum" then bits[1] = "one of " .. table.concat(p.values, "|") end
   if p.required and p.default == nil then bits[#bits + 1] = "required" end
-  if p.default ~= nil then bits[#bits + 1] = "default " .. tostring(p.default) end
+  if p.default ~= nil then
+    bits[#bits + 1] = "default " .. (p.type == "secret" and "(secret, not shown)" or tostring(p.default))
+  end
   if p.env then bits[#bits + 1] = "or $" .. p.env end
   return table.concat(bits, ", ")
 end
@@ -302,8 +304,10 @@ local function do_run(a, name, resume_id)
   -- an expected failure: one line saying where the run stands, not a
   -- traceback. Anything else is a bug and goes on to the host's handler.
   if not ok then
+    -- masked either way: the host prints an unexpected error as it gets it,
+    -- and the run's secrets are registered by now
     local msg = require("runbook.redact").mask(tostring(code))
-    if not msg:match("^journal ") then error(code, 0) end
+    if not msg:match("^journal ") then error(msg, 0) end
     pcall(out.close, out)
     pcall(function() if J then J:close() end end)
     err_out(("%s; the run stopped here%s. Free space or fix the file, then %s"):format(msg,

@@ -193,14 +193,14 @@ end
 ---@return table|nil, string|nil
 function M.parse_words(words)
   local out = {}
-  for _, w in ipairs(words or {}) do
+  for i, w in ipairs(words or {}) do
     local k, v = w:match("^([%a_][%w_]*)=(.*)$")
     if not k then
-      -- the word itself is not shown: a mistyped secret (token:abc...) would
-      -- land in the terminal and in CI logs; its leading name is enough
-      local lead = w:match("^[%a_][%w_]*")
-      return nil, ("bad parameter %s(%d bytes, not shown): write it as -p name=value"):format(
-        lead and ("starting '" .. lead .. "' ") or "", #w)
+      -- no part of the word is shown: a secret pasted without "name=" (a
+      -- ghp_/sk_live_ token is all word characters) would land in the
+      -- terminal and in CI logs; its place and length say which one it is
+      return nil, ("bad parameter: -p number %d (%d bytes, not shown) is not name=value; write it as -p name=value")
+        :format(i, #w)
     end
     out[k] = v
   end

@@ -244,6 +244,24 @@ describe("engine", function()
     assert.matches("steps3%s+Three steps", r.stdout)
   end)
 
+  it("runbook show never prints a secret parameter's default (nor caches it)", function()
+    local f = assert(io.open(dir .. "/withsecret.lua", "w"))
+    f:write('local rb = require("runbook")\nreturn rb.runbook { name = "withsecret", summary = "s",\n'
+      .. '  params = { { name = "token", type = "secret", default = "dflt-s3cr3t-value" } },\n'
+      .. '  steps = { rb.step "Nothing" { run = function() end, no_verify = "spec" } } }\n')
+    f:close()
+    local cache = dir .. "/cache"
+    for _ = 1, 2 do -- rendered, then from the cache
+      local r = cli.run({ "show", "withsecret" }, { env_add = { RUNBOOK_PATH = dir, XDG_CACHE_HOME = cache } })
+      assert.equals(0, r.code, r.stderr)
+      assert.matches("token%s+secret, default %(secret, not shown%)", r.stdout)
+      assert.is_nil((r.stdout .. r.stderr):find("s3cr3t", 1, true))
+    end
+    for _, name in ipairs(require("runbook.fs").list(cache .. "/runbook/show")) do
+      assert.is_nil(cli.slurp(cache .. "/runbook/show/" .. name):find("s3cr3t", 1, true))
+    end
+  end)
+
   it("runbook list follows edits to a runbook, whatever it cached", function()
     local rbdir, cache = dir .. "/rb", dir .. "/cache"
     assert(require("runbook.fs").mkdir_p(rbdir, tonumber("700", 8)))

@@ -74,11 +74,13 @@ describe("params", function()
     local v, err = params.parse_words({ "novalue" })
     assert.is_nil(v)
     assert.matches("write it as %-p name=value", err)
-    -- a mistyped secret is never echoed, only its leading name
-    v, err = params.parse_words({ "token:s3cr3t-value-123" })
-    assert.is_nil(v)
-    assert.matches("starting 'token' %(22 bytes, not shown%)", err)
-    assert.is_nil(err:find("s3cr3t", 1, true))
+    -- a mistyped or bare secret is never echoed, not even in part
+    for _, secret in ipairs({ "token:s3cr3t-value-123", "ghp_abcDEF1234567890secret", "sk_live_51Habc" }) do
+      v, err = params.parse_words({ "a=1", secret })
+      assert.is_nil(v)
+      assert.matches("%-p number 2 %(" .. #secret .. " bytes, not shown%)", err)
+      assert.is_nil(err:find(secret:sub(1, 6), 1, true), err)
+    end
   end)
 
   it("refuses malformed declarations", function()
