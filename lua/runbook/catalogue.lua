@@ -104,21 +104,28 @@ function M.names(project)
   return out
 end
 
----Find and load a runbook by name (or a path to a .lua file).
-function M.find(name, project)
-  if name:find("/") or name:match("%.lua$") then return M.load_file(name) end
+---Where a runbook name (or a path to a .lua file) is loaded from: the
+---file's path, false for a built-in, nil when there is no such runbook
+---(first source wins).
+local function locate(name, project)
+  if name:find("/") or name:match("%.lua$") then return name end
   for _, s in ipairs(M.sources(project)) do
     if s.kind == "builtin" then
-      if package.preload["runbooks." .. name] then return load_builtin(name) end
+      if package.preload["runbooks." .. name] then return false end
     else
       local p = s.dir .. "/" .. name .. ".lua"
       local f = io.open(p, "rb")
-      if f then
-        f:close()
-        return M.load_file(p)
-      end
+      if f then f:close() return p end
     end
   end
+  return nil
+end
+
+---Find and load a runbook by name (or a path to a .lua file).
+function M.find(name, project)
+  local where = locate(name, project)
+  if where then return M.load_file(where) end
+  if where == false then return load_builtin(name) end
   local names = {}
   for _, e in ipairs(M.names(project)) do names[#names + 1] = e.name end
   return nil, ("no runbook named '%s' (see `runbook list`%s)"):format(name,
@@ -172,10 +179,7 @@ end
 local CACHE_HEAD = "runbook-catalogue 1"
 
 local function read_cache(path)
-  local f = io.open(path, "rb")
-  if not f then return {} end
-  local text = f:read("a") or ""
-  f:close()
+  local text = require("runbook.fs.core").read(path) or ""
   local entries = {}
   if text:sub(1, #CACHE_HEAD + 1) ~= CACHE_HEAD .. "\n" then return entries end
   for key, st, summary in text:gmatch("\n([^\t\n]+)\t([^\t\n]+)\t([^\t\n]*)") do
@@ -242,21 +246,6 @@ end
 -- by the stamps of every file its loading read — the runbook file and any
 -- module it required from a file — and of the binary (which embeds the
 -- engine and the stdlib). A development tree (RUNBOOK_TREE) is never cached.
----Where `find` would load `name` from: a file path, or nil for a built-in.
-local function locate(name, project)
-  if name:find("/") or name:match("%.lua$") then return name end
-  for _, s in ipairs(M.sources(project)) do
-    if s.kind == "builtin" then
-      if package.preload["runbooks." .. name] then return nil end
-    else
-      local p = s.dir .. "/" .. name .. ".lua"
-      local f = io.open(p, "rb")
-      if f then f:close() return p end
-    end
-  end
-  return nil
-end
-
 -- One small file per shown runbook (no JSON to load or decode on the way):
 --   line 1: the key; then "stamp<TAB>path" lines; an empty line; the text.
 local function show_file(cpath, key)
@@ -266,10 +255,8 @@ local function show_file(cpath, key)
 end
 
 local function read_show(path, key, fs)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local data = f:read("a")
-  f:close()
+  local data = fs.read(path) -- nil for a missing file, a directory, an I/O error
+  if not data then return nil end
   local head_end = data:find("\n\n", 1, true)
   if not head_end then return nil end
   local first = true
@@ -288,8 +275,11 @@ end
 ---render(def) → text. Returns the text, or nil, err when the runbook does not load.
 function M.show_cached(name, project, variant, render)
   local fs = require("runbook.fs.core")
-  local cpath = not package.runbook_tree and package.runbook_exe and cache_path()
   local file = locate(name, project)
+  -- a runbook named by its path is not cached: one-off files (and the specs'
+  -- temporary ones) would pile up in the cache directory
+  local by_path = name:find("/") or name:match("%.lua$")
+  local cpath = not by_path and not package.runbook_tree and package.runbook_exe and cache_path()
   local key = "show:" .. variant .. ":" .. (file or ("builtin:" .. name))
   local spath = cpath and show_file(cpath, key)
   if spath then

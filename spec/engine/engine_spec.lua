@@ -193,8 +193,23 @@ describe("engine", function()
     assert.equals(0, r.code, r.stderr)
     assert.matches("First title", r.stdout)
     assert.matches("if it fails: first hint", r.stdout)
-    assert.equals(r.stdout, show().stdout)                        -- from the cache now
-    assert.equals(1, #require("runbook.fs").list(cache .. "/runbook/show"))
+    assert.equals(r.stdout, show().stdout)
+    local files = require("runbook.fs").list(cache .. "/runbook/show")
+    assert.equals(1, #files)
+    -- the second show came from the cache: doctor the cached text and see it
+    local cfile = cache .. "/runbook/show/" .. files[1]
+    local data = cli.slurp(cfile)
+    local head = data:sub(1, data:find("\n\n", 1, true) + 1)
+    write(cfile, head .. "CACHED TEXT\n")
+    assert.equals("CACHED TEXT\n", show().stdout)
+    write(cfile, head .. r.stdout)
+    -- a damaged cache entry (here a directory in its place) is ignored
+    os.remove(cfile)
+    assert(require("runbook.fs").mkdir_p(cfile, tonumber("700", 8)))
+    local d = show()
+    assert.equals(0, d.code, d.stderr)
+    assert.equals(r.stdout, d.stdout)
+    os.remove(cfile)
     put("A longer second title")
     assert.matches("A longer second title", show().stdout)
     write(rbdir .. "/minehelper.lua", 'return { hint = "a changed, longer hint" }\n')
@@ -276,8 +291,13 @@ describe("engine", function()
     end
     put("First summary")
     assert.matches("mine%s+First summary", list().stdout)
-    assert.matches("mine%s+First summary", list().stdout)          -- from the cache now
-    assert.matches("^runbook%-catalogue 1\n.*\tFirst summary\n", cli.slurp(cache .. "/runbook/catalogue.txt"))
+    assert.matches("mine%s+First summary", list().stdout)
+    local cfile = cache .. "/runbook/catalogue.txt"
+    local ctext = cli.slurp(cfile)
+    assert.matches("^runbook%-catalogue 1\n.*\tFirst summary\n", ctext)
+    -- list reads the summary from the cache when the stamp matches
+    local cf = assert(io.open(cfile, "w")); cf:write((ctext:gsub("\tFirst summary\n", "\tCached summary\n"))); cf:close()
+    assert.matches("mine%s+Cached summary", list().stdout)
     put("A longer, second summary")
     assert.matches("mine%s+A longer, second summary", list().stdout)
     local f = assert(io.open(rbdir .. "/mine.lua", "w")); f:write("return 42\n"); f:close()

@@ -13,7 +13,10 @@ function M.run(args, o)
   local proc = require("runbook.proc.core")
   local argv = { M.bin }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  local env_add = { NO_COLOR = "1", RUNBOOK_PATH = M.root .. "/spec/fixtures/runbooks" }
+  -- the list/show caches go to one scratch directory per test run, never
+  -- into the user's ~/.cache
+  M.cache_home = M.cache_home or M.tmpdir()
+  local env_add = { NO_COLOR = "1", RUNBOOK_PATH = M.root .. "/spec/fixtures/runbooks", XDG_CACHE_HOME = M.cache_home }
   for k, v in pairs(o.env_add or {}) do env_add[k] = v end
   local res = assert(proc.run({ argv = argv, env_add = env_add, stdin = o.stdin or "",
     timeout = o.timeout or 60, cwd = o.cwd, stdout = "capture", stderr = "capture" }))
