@@ -993,7 +993,7 @@ static int proc_wait_for(struct process *p, double secs, int interruptible) {
    * a wait returns at once instead of at the next tick of a backoff; poll
    * on it is interrupted by a trapped signal like the nap.  Without one
    * (ENOSYS, EMFILE...) the child is polled with a growing nap. */
-  int pfd = p->reaped ? -1 : (int)syscall(SYS_pidfd_open, p->pid, 0);
+  int pfd = -1, tried = 0;
   int rc;
   for (;;) {
     if (p->reaped || child_exited(p->pid, &gone)) {
@@ -1009,10 +1009,15 @@ static int proc_wait_for(struct process *p, double secs, int interruptible) {
       rc = 0;
       break;
     }
+    if (!tried) { /* only a wait that really waits opens one */
+      tried = 1;
+      pfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
+    }
     if (pfd >= 0) {
+      /* at most 50 ms: a signal that lands between the pending_sig check
+       * and poll is then seen as soon as the nap would have seen it */
       struct pollfd pw = {pfd, POLLIN, 0};
-      double ms = dmin(left, 1.0) * 1000.0 + 1.0; /* >= 1 ms, re-checked each second */
-      poll(&pw, 1, (int)ms);
+      poll(&pw, 1, (int)(dmin(left, 0.05) * 1000.0) + 1);
     } else {
       nap(dmin(step, left));
       if (step < 0.05)
