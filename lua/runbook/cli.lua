@@ -2,8 +2,6 @@
 -- resume, history, log, check, new, schedule, completion, man. Decides nothing a
 -- runbook does; turns words into an engine.run call and an exit code.
 
-local argparse = require("argparse")
-
 local M = {}
 
 local EXIT_USAGE = 2
@@ -98,7 +96,7 @@ local WHOLE = { completion = true, man = true }
 ---`runbook show`/`list` do not pay for building the eleven others.
 ---@param only string|nil
 local function build_parser(only)
-  local p = argparse("runbook", "Executable operations runbooks: each step is printed, done, verified and journaled.")
+  local p = require("argparse")("runbook", "Executable operations runbooks: each step is printed, done, verified and journaled.")
     :epilog("Exit codes: 0 ok, 1 a step failed, 2 bad usage/params, 3 lock held, " ..
       "4 interrupted, 5 confirmation refused, 70 internal error.  Docs: docs/CLI.md")
   p:command_target("command")
@@ -595,6 +593,10 @@ end
 ---@param args string[]
 ---@return integer exit code
 function M.main(args)
+  -- like lua.c around luaL_openlibs: no collection while argparse loads and
+  -- the parser is built and used (little of it is garbage, and a short
+  -- command ends before a cycle would pay off); on again before any command
+  collectgarbage("stop")
   local parser = build_parser(args[1])
   local ok, a = parser:pparse(args)
   collectgarbage("restart")

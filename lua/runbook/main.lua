@@ -35,11 +35,6 @@ return function(args)
   elseif cmd == "exec" then
     return exec(args)
   end
-  -- like lua.c around luaL_openlibs: no collection while argparse loads and
-  -- the parser is built (little of it is garbage, and a short command ends
-  -- before a cycle would pay off); cli.main restarts the collector right
-  -- after parsing, before any command runs
-  collectgarbage("stop")
   local ok, cli = pcall(require, "runbook.cli")
   if not ok then
     io.stderr:write("runbook: this build has no command line yet (try --version or exec FILE)\n")
