@@ -145,6 +145,15 @@ describe("#hub apply-d1-migrations and release", function()
     assert.matches("\ndeploy %-%-env production\n", "\n" .. r.wrangler)
   end)
 
+  it("release REMOTE refuses a workers.dev URL of another script before anything changes", function()
+    local r = remote({ "run", "release", "--env", "production", "--yes", "-p", "where=remote",
+      "-p", "wrangler_env=production", "-p", "url=https://orchestrator-hub.ops-team.workers.dev" })
+    assert.equals(1, r.code, out(r))
+    assert.matches("https://orchestrator%-hub%.ops%-team%.workers%.dev is script orchestrator%-hub's URL, " ..
+      "not orchestrator%-hub%-production's", r.stdout)
+    assert.equals("whoami\n", r.wrangler) -- no migration, no deploy
+  end)
+
   it("release REMOTE: REMOTE and the script stated and confirmed, D1 --remote, deploy --env production, healthy", function()
     serve_as("orchestrator-hub-production")
     local r = remote({ "run", "release", "--env", "production", "--yes", "-p", "where=remote",
