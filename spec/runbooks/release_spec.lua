@@ -18,11 +18,12 @@ describe("#hub apply-d1-migrations and release", function()
 
   -- a fresh stand-in state and log per remote run: the remote D1 starts
   -- with every migration pending, and the log holds only this run's argv
-  local function remote(args)
+  local function remote(args, env)
     n = n + 1
     local log, st = L.dir .. "/wrangler-" .. n .. ".log", L.dir .. "/wrangler-state-" .. n
-    local r = L:run(args, { env_add = { WRANGLER_LOG = log, WRANGLER_STATE = st,
-      WRANGLER_MIGRATIONS_DIR = L.dir .. "/hub-src/migrations" } })
+    local e = { WRANGLER_LOG = log, WRANGLER_STATE = st, WRANGLER_MIGRATIONS_DIR = L.dir .. "/hub-src/migrations" }
+    for k, v in pairs(env or {}) do e[k] = v end
+    local r = L:run(args, { env_add = e })
     r.wrangler = cli.slurp(log) or ""
     return r
   end
@@ -154,6 +155,15 @@ describe("#hub apply-d1-migrations and release", function()
     assert.equals("whoami\n", r.wrangler) -- no migration, no deploy
   end)
 
+  it("release REMOTE fails when wrangler deployed another script than the one confirmed", function()
+    serve_as("orchestrator-hub-production")
+    local r = remote({ "run", "release", "--env", "production", "--yes", "-p", "where=remote",
+      "-p", "wrangler_env=production" }, { WRANGLER_DEPLOYED = "orchestrator-hub-canary" })
+    assert.equals(1, r.code, out(r))
+    assert.matches("FAIL the confirmed script was deployed: wrangler deployed orchestrator%-hub%-canary, " ..
+      "not the confirmed orchestrator%-hub%-production", r.stdout)
+  end)
+
   it("release REMOTE: REMOTE and the script stated and confirmed, D1 --remote, deploy --env production, healthy", function()
     serve_as("orchestrator-hub-production")
     local r = remote({ "run", "release", "--env", "production", "--yes", "-p", "where=remote",
@@ -165,6 +175,9 @@ describe("#hub apply-d1-migrations and release", function()
     assert.matches("deploy:   wrangler deploy %-%-env production", r.stdout)
     assert.matches("confirmed by %-%-yes: Deploy Worker script orchestrator%-hub%-production to " ..
       L.url:gsub("%p", "%%%0"), r.stdout)
+    assert.matches("wrangler: script orchestrator%-hub%-production, URL %(not printed%), " ..
+      "version 0f3c2a9e%-5b1d%-4e7a%-9c6b%-2d8e1f4a7b3c", r.stdout)
+    assert.matches("ok   the confirmed script was deployed", r.stdout)
     assert.matches("the Worker reports: worker orchestrator%-hub%-production", r.stdout)
     assert.matches("ok   the health names the released script", r.stdout)
     assert.matches("ok   queue peek with key +200", r.stdout)
