@@ -11,7 +11,7 @@
 -- reconcile — every KV id present in D1 — and is cleaned up only then, and
 -- only when asked (-p cleanup=true).
 local rb = require("runbook")
-local apikey = require("stdlib.apikey")
+local ops = require("stdlib.ops")
 local migration = require("stdlib.migration")
 
 local COUNTS = { kv = { tasks = 3, results = 2 }, d1 = { tasks = 0, results = 0 },
@@ -88,12 +88,12 @@ return rb.runbook {
   fixtures = {
     ["GET /api/admin/queue/counts"] = { status = 200, json = COUNTS },
   },
-  reload = { key = apikey.read },
+  reload = { key = ops.queue_key },
   steps = {
     rb.step "Show the target and what is in KV and D1" {
       run = function(ctx)
         if not ctx.env.url then ctx:fail("environment '%s' has no url in runbook.lua", ctx.env.name) end
-        ctx:set("key", apikey.read(ctx))
+        ctx:set("key", ops.queue_key(ctx))
         ctx:log("hub:      %s", ctx.env.url)
         ctx:log("d1:       %s", migration.describe(migration.d1_target(ctx)))
         ctx:log("pages:    %d keys each%s", ctx.params.limit,

@@ -18,8 +18,8 @@
 -- environment's restart command (its workers entry), which is how it picks
 -- up new code and .dev.vars.
 local rb = require("runbook")
+local ops = require("stdlib.ops")
 local cjson = require("cjson.safe")
-local apikey = require("stdlib.apikey")
 local health = require("stdlib.health")
 local migration = require("stdlib.migration")
 local wrangler = require("stdlib.wrangler")
@@ -256,7 +256,7 @@ return rb.runbook {
     rb.step "Smoke request: ready (D1 and KV) and an authenticated queue read" {
       run = function(ctx)
         local t = ctx:get("target")
-        local key = apikey.read(ctx)
+        local key = ops.queue_key(ctx)
         local res = health.many(ctx, {
           { name = "ready", url = t.url .. "/api/ready", json = { status = "ok", d1 = true, kv = true } },
           { name = "queue peek with key", url = t.url .. "/api/queue/peek", headers = { ["X-API-Key"] = key },

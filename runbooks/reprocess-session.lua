@@ -8,7 +8,7 @@
 -- outcome fails the run with the worker's reason and the command that
 -- fixes it (a missing provider key: rotate-provider-key).
 local rb = require("runbook")
-local apikey = require("stdlib.apikey")
+local ops = require("stdlib.ops")
 local sessions = require("stdlib.sessions")
 
 local function session_fixture(status, events, signals)
@@ -46,12 +46,12 @@ return rb.runbook {
     ["GET /api/sessions/s-offline"] = session_fixture("failed",
       { { type = "session.processing_failed", data = { reason = "ANTHROPIC_API_KEY is not set" } } }, 0),
   },
-  reload = { key = apikey.read },
+  reload = { key = ops.queue_key },
   steps = {
     rb.step "Read the session as it is now" {
       run = function(ctx)
         ctx:log("hub: %s", ctx.env.url)
-        ctx:set("key", apikey.read(ctx))
+        ctx:set("key", ops.queue_key(ctx))
         local s = get(ctx)
         show(ctx, s)
         ctx:set("status_before", s.status)

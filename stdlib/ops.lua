@@ -78,7 +78,9 @@ function M.callback_secret(ctx)
   return M.env_secret(ctx, path, "WORKER_CALLBACK_SECRET", "callback_secret_file")
 end
 
----The queue key from the canonical env file (seed 000).
+---The queue key (X-API-Key) from the canonical env file (seed 000), a
+---registered secret; runbooks declare `reload = { key = ops.queue_key }` so a
+---resumed run reads it again from the same file, never from the journal.
 function M.queue_key(ctx)
   return M.env_secret(ctx, ctx.env.canonical, "ASSISTANT_API_KEY", "canonical")
 end
