@@ -21,6 +21,11 @@ int luaopen_runbook_proc_core(lua_State *L);
 int luaopen_runbook_fs_core(lua_State *L);
 int luaopen_runbook_term_core(lua_State *L);
 int luaopen_runbook_text_core(lua_State *L);
+int luaopen_runbook_worker_core(lua_State *L);
+
+/* Set up a fresh state like the main one: standard libraries, the C
+ * modules, the Lua sources (main.c; worker.c uses it for its threads). */
+void host_setup_state(lua_State *L);
 
 /* Push nil, "<what>: <strerror(err)>", "<ERRNO NAME>"; returns 3. */
 int host_errno_result(lua_State *L, int err, const char *what);

@@ -6,7 +6,7 @@
  * one place (the integer returned by the Lua entry point, or 1 for an
  * uncaught error).  The host itself only wires things up:
  *
- *   - the libc-only C modules (proc, fs, term) are compiled in and offered
+ *   - the libc-only C modules (proc, fs, term, text, worker) are compiled in and offered
  *     through package.preload;
  *   - the heavy ones (http → libcurl, crypto → libcrypto, sqlite → sqlite3)
  *     are separate shared objects found through package.cpath, so commands
@@ -131,6 +131,7 @@ static void set_builtin_modules(lua_State *L) {
       {"runbook.fs.core", luaopen_runbook_fs_core},
       {"runbook.term.core", luaopen_runbook_term_core},
       {"runbook.text.core", luaopen_runbook_text_core},
+      {"runbook.worker.core", luaopen_runbook_worker_core},
       {NULL, NULL},
   };
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
@@ -151,14 +152,20 @@ static void create_arg_table(lua_State *L, char **argv, int argc) {
   lua_setglobal(L, "arg");
 }
 
-static int pmain(lua_State *L) {
-  int argc = (int)lua_tointeger(L, 1);
-  char **argv = (char **)lua_touserdata(L, 2);
+/* A state as every runbook state starts: the standard libraries, the C
+ * modules and the Lua sources (also each worker thread's, worker.c). */
+void host_setup_state(lua_State *L) {
   luaL_checkversion(L);
   luaL_openlibs(L);
   set_cpath(L);
   set_builtin_modules(L);
   set_lua_sources(L);
+}
+
+static int pmain(lua_State *L) {
+  int argc = (int)lua_tointeger(L, 1);
+  char **argv = (char **)lua_touserdata(L, 2);
+  host_setup_state(L);
   create_arg_table(L, argv, argc);
 
   lua_pushcfunction(L, msghandler);

@@ -23,6 +23,7 @@
 
 local fs = require("runbook.fs")
 local find_all = require("runbook.text").find_all
+local worker = require("runbook.worker")
 
 local M = {}
 
@@ -1408,11 +1409,80 @@ local function decide_binding(site, kinds, memo)
   return v[1], v[2]
 end
 
----Scan a tree for KV call sites.
+---Analyse files of rels (relative to root): what each thread of a scan
+---does (see M.scan). Threads share `claim`, a worker counter: each takes
+---the next file from it, so a faster thread takes more. Returns, by index
+---in rels, what each file gave; excluded lookalikes all keep their line
+---(the scan applies the examples quota when it puts the files back in
+---order). Runs in worker threads too: plain data in and out.
+---@param root string
+---@param rels string[]
+---@param o table { bindings = {...}, not_kv = {...} } for M.analyzer
+---@param claim userdata  runbook.worker counter
+---@return table { [i] = { sites, excluded, facts } | { error = msg } }
+function M.analyze_files(root, rels, o, claim)
+  local A = M.analyzer({ bindings = o.bindings, not_kv = o.not_kv, all_lines = true })
+  local out = {}
+  local total = #rels
+  local i = claim:next()
+  while i <= total do
+    local rel = rels[i]
+    local text, err = fs.read(root == "." and rel or (root .. "/" .. rel))
+    if not text then
+      out[i] = { error = err }
+    else
+      local s, x, facts = M.analyze(text, rel, A)
+      out[i] = { s, x, facts, #text }
+    end
+    i = claim:next()
+  end
+  return out
+end
+
+-- Below this many files, a worker thread costs more than it saves.
+M.PARALLEL_MIN_FILES = 64
+
+-- Every source analysed, by index in sources: by this thread and
+-- opts.workers worker threads (default: one per other CPU, at most 7), all
+-- taking files from one counter.
+local function analyze_all(root, sources, o, opts)
+  local total = #sources
+  local claim = worker.counter()
+  local n = opts.workers or math.min(worker.cpus() - 1, 7)
+  if total < M.PARALLEL_MIN_FILES then n = 0 end
+  local workers = {}
+  for k = 1, n do workers[k] = worker.start("stdlib.kvaudit", "analyze_files", root, sources, o, claim) end
+  local progress = opts.progress
+  local A = M.analyzer({ bindings = o.bindings, not_kv = o.not_kv, all_lines = true })
+  local out = {}
+  local i = claim:next()
+  while i <= total do
+    local rel = sources[i]
+    local text, err = fs.read(root == "." and rel or (root .. "/" .. rel))
+    if not text then
+      out[i] = { error = err }
+    else
+      local s, x, facts = M.analyze(text, rel, A)
+      out[i] = { s, x, facts, #text }
+    end
+    if progress and i % 200 == 0 then progress(math.min(claim:value(), total), total) end
+    i = claim:next()
+  end
+  for k = 1, n do
+    for j, r in pairs(workers[k]:join()) do out[j] = r end
+  end
+  if progress then progress(total, total) end
+  return out
+end
+
+---Scan a tree for KV call sites. From M.PARALLEL_MIN_FILES sources on,
+---files are analysed on every CPU (worker threads); the result is the same
+---as one thread's, in the same order.
 ---@param root string
 ---@param opts table|nil { exclude = "globs,..." | {...}, bindings = {...}, not_kv = {...},
 ---  skip_dirs = {...}, config = false (ignore kvaudit.json), progress = fn(done, total),
----  all_lines = bool (a line for every excluded lookalike), examples = 3 }
+---  all_lines = bool (a line for every excluded lookalike), examples = 3,
+---  workers = threads besides this one (default: CPUs - 1, at most 7) }
 ---@return table|nil result { root, files, bytes, sites, excluded, errors, bindings, config }, string? err
 function M.scan(root, opts)
   opts = opts or {}
@@ -1474,31 +1544,38 @@ function M.scan(root, opts)
   end
   local known_kv = {}
   for name, k in pairs(kinds) do if k.kind == "kv" then known_kv[#known_kv + 1] = name end end
-  local A = M.analyzer({ bindings = known_kv, not_kv = not_kv, all_lines = opts.all_lines, examples = opts.examples })
-
-  local sites, excluded = {}, {}
-  local do_names, typed = {}, {}
+  local results = analyze_all(root, sources, { bindings = known_kv, not_kv = not_kv }, opts)
   local total = #sources
-  local progress = opts.progress
-  for i, rel in ipairs(sources) do
-    local text, err = fs.read(root == "." and rel or (root .. "/" .. rel))
-    if not text then
-      errors[#errors + 1] = { file = rel, message = err }
+  local sites, excluded, do_names, typed = {}, {}, {}, {}
+  -- in file order, as one thread would have found them: the first file
+  -- naming a binding wins, and only the first few lookalikes of each
+  -- reason keep their line (unless all_lines)
+  local shown, quota, all_lines = {}, opts.examples or 3, opts.all_lines
+  for i = 1, total do
+    local r, rel = results[i], sources[i]
+    if r.error then
+      errors[#errors + 1] = { file = rel, message = r.error }
     else
-      bytes = bytes + #text
-      local s, x, facts = M.analyze(text, rel, A)
-      for _, v in ipairs(s) do sites[#sites + 1] = v end
-      for _, v in ipairs(x) do excluded[#excluded + 1] = v end
+      append(sites, r[1])
+      for _, x in ipairs(r[2]) do
+        local c = shown[x.group] or 0
+        if all_lines or c < quota then
+          shown[x.group] = c + 1
+        else
+          x.line = nil
+        end
+        excluded[#excluded + 1] = x
+      end
+      local facts = r[3]
       if facts.do_bindings then
         for name in pairs(facts.do_bindings) do do_names[name] = do_names[name] or rel end
       end
       if facts.types then
         for name, t in pairs(facts.types) do typed[name] = typed[name] or { t = t, file = rel } end
       end
+      bytes = bytes + r[4]
     end
-    if progress and (i % 200 == 0 or i == total) then progress(i, total) end
   end
-  if progress and total == 0 then progress(0, 0) end
 
   -- second pass: env bindings against what the configs and the code say
   for name, t in pairs(typed) do

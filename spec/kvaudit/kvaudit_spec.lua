@@ -135,6 +135,39 @@ describe("kvaudit.scan on the fixture repository", function()
     assert.equals(FIX .. "/kvaudit.json", r.config)
   end)
 
+  it("gives the same result on every CPU as on one: sites, lookalikes and their lines, errors, bindings", function()
+    -- the fixture's sources copied into enough directories for worker
+    -- threads, plus a file that cannot be read (a dangling symlink)
+    local _, root = copy_fixture()
+    local proc = require("runbook.proc.core")
+    for i = 1, 12 do
+      local r2 = proc.run({ argv = { "cp", "-R", root .. "/src", ("%s/src%02d"):format(root, i) }, timeout = 30 })
+      assert.equals(0, r2.code)
+    end
+    assert.equals(0, proc.run({ argv = { "ln", "-s", "missing.js", root .. "/src05/gone.js" }, timeout = 30 }).code)
+    for _, lines in ipairs({ true, false }) do
+      local single = assert(kvaudit.scan(root, { workers = 0, all_lines = lines }))
+      local many = assert(kvaudit.scan(root, { workers = 3, all_lines = lines }))
+      assert.is_true(single.files >= kvaudit.PARALLEL_MIN_FILES, "too few files for worker threads: " .. single.files)
+      assert.is_true(#single.sites > 100)
+      assert.same(single.sites, many.sites)
+      assert.same(single.excluded, many.excluded)
+      assert.same(single.errors, many.errors)
+      assert.same(single.bindings, many.bindings)
+      assert.equals(single.bytes, many.bytes)
+      assert.equals("src05/gone.js", single.errors[1].file)
+    end
+    -- without all_lines only the first few lookalikes of each reason keep
+    -- their line, counted in file order across the threads' parts (the
+    -- equality above checks which ones)
+    local many = assert(kvaudit.scan(root, { workers = 3 }))
+    local without = 0
+    for _, x in ipairs(many.excluded) do
+      if not x.line then without = without + 1 end
+    end
+    assert.is_true(without > 100, "lookalikes without a line: " .. without)
+  end)
+
   it("says how each site was recognised: env, alias, destructuring, global, typed parameter", function()
     local s = by_where(r.sites)
     assert.matches("^env%.CACHE %(a KV namespace in wrangler%.toml%)", s["src/index.js:14:get"].how)
