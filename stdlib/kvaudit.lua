@@ -1419,11 +1419,13 @@ end
 ---@param rels string[]
 ---@param o table { bindings = {...}, not_kv = {...} } for M.analyzer
 ---@param claim userdata  runbook.worker counter
+---@param progress function|nil  fn(files taken by every thread so far), now and then
 ---@return table { [i] = { sites, excluded, facts } | { error = msg } }
-function M.analyze_files(root, rels, o, claim)
+function M.analyze_files(root, rels, o, claim, progress)
   local A = M.analyzer({ bindings = o.bindings, not_kv = o.not_kv, all_lines = true })
   local out = {}
   local total = #rels
+  local mine = 0
   local i = claim:next()
   while i <= total do
     local rel = rels[i]
@@ -1434,6 +1436,8 @@ function M.analyze_files(root, rels, o, claim)
       local s, x, facts = M.analyze(text, rel, A)
       out[i] = { s, x, facts, #text }
     end
+    mine = mine + 1
+    if progress and mine % 100 == 0 then progress(math.min(claim:value(), total)) end
     i = claim:next()
   end
   return out
@@ -1453,21 +1457,7 @@ local function analyze_all(root, sources, o, opts)
   local workers = {}
   for k = 1, n do workers[k] = worker.start("stdlib.kvaudit", "analyze_files", root, sources, o, claim) end
   local progress = opts.progress
-  local A = M.analyzer({ bindings = o.bindings, not_kv = o.not_kv, all_lines = true })
-  local out = {}
-  local i = claim:next()
-  while i <= total do
-    local rel = sources[i]
-    local text, err = fs.read(root == "." and rel or (root .. "/" .. rel))
-    if not text then
-      out[i] = { error = err }
-    else
-      local s, x, facts = M.analyze(text, rel, A)
-      out[i] = { s, x, facts, #text }
-    end
-    if progress and i % 200 == 0 then progress(math.min(claim:value(), total), total) end
-    i = claim:next()
-  end
+  local out = M.analyze_files(root, sources, o, claim, progress and function(done) progress(done, total) end)
   for k = 1, n do
     for j, r in pairs(workers[k]:join()) do out[j] = r end
   end
