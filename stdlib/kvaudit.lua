@@ -1140,15 +1140,12 @@ function File:rtext()
   return r
 end
 
----Options shared by every file of a scan (see M.scan): known KV names,
----receivers that are not KV, and whether every excluded lookalike gets a
----line number (else only the first few of each reason do, to keep the
----report short).
----@param o table|nil { bindings = {...}, not_kv = { RECEIVER = reason } | {...}, all_lines = bool, examples = 3 }
+---Options shared by every file a thread of a scan analyses (see M.scan):
+---known KV names and receivers that are not KV.
+---@param o table|nil { bindings = {...}, not_kv = { RECEIVER = reason } | {...} }
 function M.analyzer(o)
   o = o or {}
-  local A = { known_kv = {}, not_kv = {}, all_lines = o.all_lines or false, examples = o.examples or 3, shown = {},
-    global = {} }
+  local A = { known_kv = {}, not_kv = {}, global = {} }
   for _, b in ipairs(o.bindings or {}) do A.known_kv[b] = true end
   for k, v in pairs(o.not_kv or {}) do
     if type(k) == "number" then
@@ -1205,8 +1202,8 @@ local EXPR_REASON = "the receiver is an expression, not a binding"
 
 ---Analyse one file's text: KV sites and excluded lookalikes. Env bindings
 ---are not yet checked against wrangler configs and types (scan's second
----pass does that). Excluded records carry a line when A.all_lines or while
----fewer than A.examples of their reason have been shown.
+---pass does that). Every excluded record carries its line; the scan keeps
+---only the first few of each reason (M.scan's examples) when it merges.
 ---@param text string
 ---@param path string  relative path, for the records
 ---@param A table|nil  from M.analyzer
@@ -1274,7 +1271,6 @@ function M.analyze(text, path, A)
   -- so unless a block comment or a template literal may span into it; then
   -- (and for the rest of the file) the whole file is lexed up to the last one
   local S, E, ns
-  local shown, all_lines, quota = A.shown, A.all_lines, A.examples
   local j = 1
   for i = 1, n do
     local dot = cands[i]
@@ -1304,13 +1300,8 @@ function M.analyze(text, path, A)
     end
     if reason then
       local group = r.unknown and reason_group(reason) or reason
-      local c = shown[group] or 0
-      local line
-      if all_lines or c < quota then
-        shown[group] = c + 1
-        line = lines[i]
-      end
-      excluded[#excluded + 1] = { file = path, line = line, op = op, receiver = R or "", reason = reason, group = group }
+      excluded[#excluded + 1] = { file = path, line = lines[i], op = op, receiver = R or "", reason = reason,
+        group = group }
     else
       local line = lines[i]
       local a1, a3, nargs = key_args(text, parens[i], op)
@@ -1412,9 +1403,9 @@ end
 ---Analyse files of rels (relative to root): what each thread of a scan
 ---does (see M.scan). Threads share `claim`, a worker counter: each takes
 ---the next file from it, so a faster thread takes more. Returns, by index
----in rels, what each file gave; excluded lookalikes all keep their line
----(the scan applies the examples quota when it puts the files back in
----order). Runs in worker threads too: plain data in and out.
+---in rels, what each file gave (the scan applies the examples quota
+---when it puts the files back in order). Runs in worker threads too:
+---plain data in and out.
 ---@param root string
 ---@param rels string[]
 ---@param o table { bindings = {...}, not_kv = {...} } for M.analyzer
@@ -1422,7 +1413,7 @@ end
 ---@param progress function|nil  fn(files taken by every thread so far), now and then
 ---@return table { [i] = { sites, excluded, facts } | { error = msg } }
 function M.analyze_files(root, rels, o, claim, progress)
-  local A = M.analyzer({ bindings = o.bindings, not_kv = o.not_kv, all_lines = true })
+  local A = M.analyzer(o)
   local out = {}
   local total = #rels
   local mine = 0

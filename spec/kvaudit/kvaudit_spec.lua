@@ -31,7 +31,7 @@ end
 
 -- sites and exclusions of one snippet
 local function analyze(src, o)
-  local sites, excluded = kvaudit.analyze(src, "x.js", kvaudit.analyzer({ all_lines = true, bindings = o and o.bindings }))
+  local sites, excluded = kvaudit.analyze(src, "x.js", kvaudit.analyzer({ bindings = o and o.bindings }))
   return sites, excluded
 end
 
