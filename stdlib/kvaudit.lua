@@ -1449,11 +1449,14 @@ local function analyze_all(root, sources, o, opts)
   for k = 1, n do workers[k] = worker.start("stdlib.kvaudit", "analyze_files", root, sources, o, claim) end
   local progress = opts.progress
   local out = M.analyze_files(root, sources, o, claim, progress and function(done) progress(done, total) end)
+  local threads = next(out) and 1 or 0
   for k = 1, n do
-    for j, r in pairs(workers[k]:join()) do out[j] = r end
+    local part = workers[k]:join()
+    if next(part) then threads = threads + 1 end
+    for j, r in pairs(part) do out[j] = r end
   end
   if progress then progress(total, total) end
-  return out
+  return out, threads
 end
 
 ---Scan a tree for KV call sites. From M.PARALLEL_MIN_FILES sources on,
@@ -1464,7 +1467,8 @@ end
 ---  skip_dirs = {...}, config = false (ignore kvaudit.json), progress = fn(done, total),
 ---  all_lines = bool (a line for every excluded lookalike), examples = 3,
 ---  workers = threads besides this one (default: CPUs - 1, at most 7) }
----@return table|nil result { root, files, bytes, sites, excluded, errors, bindings, config }, string? err
+---@return table|nil result { root, files, threads (how many analysed files), bytes, sites, excluded, errors,
+---  bindings, config }, string? err
 function M.scan(root, opts)
   opts = opts or {}
   local st, serr = fs.stat(root)
@@ -1525,7 +1529,7 @@ function M.scan(root, opts)
   end
   local known_kv = {}
   for name, k in pairs(kinds) do if k.kind == "kv" then known_kv[#known_kv + 1] = name end end
-  local results = analyze_all(root, sources, { bindings = known_kv, not_kv = not_kv }, opts)
+  local results, threads = analyze_all(root, sources, { bindings = known_kv, not_kv = not_kv }, opts)
   local total = #sources
   local sites, excluded, do_names, typed = {}, {}, {}, {}
   -- in file order, as one thread would have found them: the first file
@@ -1594,7 +1598,7 @@ function M.scan(root, opts)
   local by_kind = {}
   for name, k in pairs(kinds) do by_kind[name] = { kind = k.kind, source = k.source } end
   return {
-    root = root, files = total, bytes = bytes, sites = sites, excluded = excluded, errors = errors,
+    root = root, files = total, threads = threads, bytes = bytes, sites = sites, excluded = excluded, errors = errors,
     bindings = by_kind, config = cfg.path, wrangler = wranglers,
   }
 end
