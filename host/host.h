@@ -27,6 +27,9 @@ int luaopen_runbook_worker_core(lua_State *L);
  * modules, the Lua sources (main.c; worker.c uses it for its threads). */
 void host_setup_state(lua_State *L);
 
+/* pcall message handler: the error as a string, with a traceback. */
+int host_msghandler(lua_State *L);
+
 /* Push nil, "<what>: <strerror(err)>", "<ERRNO NAME>"; returns 3. */
 int host_errno_result(lua_State *L, int err, const char *what);
 

@@ -35,8 +35,9 @@
 
 static const char *progname = "runbook";
 
-/* Message handler: turn any error into a string with a traceback. */
-static int msghandler(lua_State *L) {
+/* Message handler: turn any error into a string with a traceback (the
+ * worker threads' too, worker.c). */
+int host_msghandler(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
@@ -168,7 +169,7 @@ static int pmain(lua_State *L) {
   host_setup_state(L);
   create_arg_table(L, argv, argc);
 
-  lua_pushcfunction(L, msghandler);
+  lua_pushcfunction(L, host_msghandler);
   int base = lua_gettop(L);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "runbook.main");

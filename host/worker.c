@@ -64,7 +64,19 @@ static int c_next(lua_State *L);
 static int c_value(lua_State *L);
 static int c_gc(lua_State *L);
 
-/* Push the counters' metatable, made on first use in each state (a
+/* Push the metatable `name` (methods as __index, gc as __gc), made on
+ * first use in this state. */
+static void class_metatable(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
+  if (luaL_newmetatable(L, name)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+  }
+}
+
+/* The counters' metatable: made where a counter is first pushed (a
  * worker's state gets counters before it has loaded this module). */
 static void counter_metatable(lua_State *L) {
   static const luaL_Reg methods[] = {
@@ -72,12 +84,7 @@ static void counter_metatable(lua_State *L) {
       {"value", c_value},
       {NULL, NULL},
   };
-  if (luaL_newmetatable(L, COUNTER_MT)) {
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, c_gc);
-    lua_setfield(L, -2, "__gc");
-  }
+  class_metatable(L, COUNTER_MT, methods, c_gc);
 }
 
 static void push_counter(lua_State *L, struct shared_counter *c) {
@@ -201,12 +208,6 @@ static int w_prepare(lua_State *W) {
   return last - first + 2; /* require, module, fname, args... */
 }
 
-static int w_traceback(lua_State *W) {
-  const char *msg = lua_tostring(W, 1);
-  luaL_traceback(W, W, msg ? msg : "(error object is not a string)", 1);
-  return 1;
-}
-
 /* In the thread, protected: require(module)[fname](args...). */
 static int w_body(lua_State *W) {
   /* stack: require, module, fname, args... */
@@ -228,7 +229,7 @@ static void *w_thread(void *arg) {
   struct worker *w = arg;
   lua_State *W = w->W;
   /* stack: require, module, fname, args... */
-  lua_pushcfunction(W, w_traceback);
+  lua_pushcfunction(W, host_msghandler);
   lua_insert(W, 1);
   lua_pushcfunction(W, w_body);
   lua_insert(W, 2);
@@ -336,12 +337,7 @@ int luaopen_runbook_worker_core(lua_State *L) {
       {"cpus", w_cpus},
       {NULL, NULL},
   };
-  if (luaL_newmetatable(L, WORKER_MT)) {
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, w_gc);
-    lua_setfield(L, -2, "__gc");
-  }
+  class_metatable(L, WORKER_MT, methods, w_gc);
   lua_pop(L, 1);
   counter_metatable(L);
   lua_pop(L, 1);
