@@ -32,7 +32,7 @@ LUA_SRC := $(sort $(shell find lua stdlib runbooks -name '*.lua' 2>/dev/null))
 ARGPARSE := $(shell $(LUA) -e 'print(package.searchpath("argparse", package.path) or "")' 2>/dev/null)
 EMBED_SRC := $(LUA_SRC) $(if $(ARGPARSE),argparse=$(ARGPARSE))
 # C modules compiled into the binary (libc only).
-BIN_C   := host/main.c host/errors.c host/proc.c host/fs.c host/term.c host/text.c host/worker.c
+BIN_C   := host/main.c host/errors.c host/proc.c host/fs.c host/term.c host/text.c host/worker.c host/heap.c
 # C modules loaded on demand: name -> extra libs.
 MODS    := http crypto sqlite
 LIBS_http   := $(CURL_LIBS)

@@ -22,6 +22,7 @@ int luaopen_runbook_fs_core(lua_State *L);
 int luaopen_runbook_term_core(lua_State *L);
 int luaopen_runbook_text_core(lua_State *L);
 int luaopen_runbook_worker_core(lua_State *L);
+int luaopen_runbook_heap_core(lua_State *L);
 
 /* Set up a fresh state like the main one: standard libraries, the C
  * modules, the Lua sources (main.c; worker.c uses it for its threads). */

@@ -6,7 +6,7 @@
  * one place (the integer returned by the Lua entry point, or 1 for an
  * uncaught error).  The host itself only wires things up:
  *
- *   - the libc-only C modules (proc, fs, term, text, worker) are compiled in and offered
+ *   - the libc-only C modules (proc, fs, term, text, worker, heap) are compiled in and offered
  *     through package.preload;
  *   - the heavy ones (http → libcurl, crypto → libcrypto, sqlite → sqlite3)
  *     are separate shared objects found through package.cpath, so commands
@@ -133,6 +133,7 @@ static void set_builtin_modules(lua_State *L) {
       {"runbook.term.core", luaopen_runbook_term_core},
       {"runbook.text.core", luaopen_runbook_text_core},
       {"runbook.worker.core", luaopen_runbook_worker_core},
+      {"runbook.heap.core", luaopen_runbook_heap_core},
       {NULL, NULL},
   };
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
