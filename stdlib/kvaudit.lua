@@ -24,6 +24,7 @@
 local fs = require("runbook.fs")
 local find_all = require("runbook.text").find_all
 local worker = require("runbook.worker")
+local heap = require("runbook.heap")
 
 local M = {}
 
@@ -1403,43 +1404,58 @@ end
 ---Analyse files of rels (relative to root): what each thread of a scan
 ---does (see M.scan). Threads share `claim`, a worker counter: each takes
 ---the next file from it, so a faster thread takes more. Returns, by index
----in rels, what each file gave (the scan applies the examples quota
----when it puts the files back in order). Runs in worker threads too:
----plain data in and out.
+---in rels, what each file gave — only files with something to say, so a
+---worker's result is cheap to copy back (the scan applies the examples
+---quota when it puts the files back in order). Runs in worker threads
+---too: plain data in and out.
 ---@param root string
 ---@param rels string[]
 ---@param o table { bindings = {...}, not_kv = {...} } for M.analyzer
 ---@param claim userdata  runbook.worker counter
 ---@param progress function|nil  fn(files taken by every thread so far), now and then
----@return table { [i] = { sites, excluded, facts } | { error = msg } }
+---@return table { files = { [i] = { sites, excluded, facts|false } | { error = msg } },
+---  analysed = files this thread took, bytes = their size }
 function M.analyze_files(root, rels, o, claim, progress)
   local A = M.analyzer(o)
-  local out = {}
+  local files = {}
   local total = #rels
-  local mine = 0
+  local mine, bytes, backed = 0, 0, 0
   local i = claim:next()
   while i <= total do
+    -- keep the heap's next megabyte backed: on the VMs this is measured
+    -- on, a first-touched page costs as much as analysing 300 lines
+    local used = collectgarbage("count") * 1024
+    if used + M.HEAP_AHEAD / 2 > backed then
+      heap.reserve(M.HEAP_AHEAD)
+      backed = used + M.HEAP_AHEAD
+    end
     local rel = rels[i]
     local text, err = fs.read(root == "." and rel or (root .. "/" .. rel))
     if not text then
-      out[i] = { error = err }
+      files[i] = { error = err }
     else
+      bytes = bytes + #text
       local s, x, facts = M.analyze(text, rel, A)
-      out[i] = { s, x, facts, #text }
+      if s[1] or x[1] or next(facts) then files[i] = { s, x, next(facts) and facts or false } end
     end
     mine = mine + 1
     if progress and mine % 100 == 0 then progress(math.min(claim:value(), total)) end
     i = claim:next()
   end
-  return out
+  return { files = files, analysed = mine, bytes = bytes }
 end
+
+-- How far ahead of its heap each thread of a scan has memory backed
+-- (runbook.heap.reserve).
+M.HEAP_AHEAD = 2 << 20
 
 -- Below this many files, a worker thread costs more than it saves.
 M.PARALLEL_MIN_FILES = 64
 
--- Every source analysed, by index in sources: by this thread and
--- opts.workers worker threads (default: one per other CPU, at most 7), all
--- taking files from one counter.
+-- Every source analysed (what analyze_files gives, by index in sources,
+-- from every thread), how many threads took files, and the bytes read: by
+-- this thread and opts.workers worker threads (default: one per other CPU,
+-- at most 7), all taking files from one counter.
 local function analyze_all(root, sources, o, opts)
   local total = #sources
   local claim = worker.counter()
@@ -1448,15 +1464,19 @@ local function analyze_all(root, sources, o, opts)
   local workers = {}
   for k = 1, n do workers[k] = worker.start("stdlib.kvaudit", "analyze_files", root, sources, o, claim) end
   local progress = opts.progress
-  local out = M.analyze_files(root, sources, o, claim, progress and function(done) progress(done, total) end)
-  local threads = next(out) and 1 or 0
+  local mine = M.analyze_files(root, sources, o, claim, progress and function(done) progress(done, total) end)
+  local out, bytes = mine.files, mine.bytes
+  local threads = mine.analysed > 0 and 1 or 0
   for k = 1, n do
+    -- room for the worker's part before it is copied in
+    heap.reserve(math.min(M.HEAP_AHEAD * 2, 16 << 20))
     local part = workers[k]:join()
-    if next(part) then threads = threads + 1 end
-    for j, r in pairs(part) do out[j] = r end
+    if part.analysed > 0 then threads = threads + 1 end
+    for j, r in pairs(part.files) do out[j] = r end
+    bytes = bytes + part.bytes
   end
   if progress then progress(total, total) end
-  return out, threads
+  return out, threads, bytes
 end
 
 ---Scan a tree for KV call sites. From M.PARALLEL_MIN_FILES sources on,
@@ -1506,7 +1526,6 @@ function M.scan(root, opts)
     end
   end
   local sources, errors, wranglers = {}, {}, {}
-  local bytes = 0
   for _, rel in ipairs(paths) do
     -- by the last bytes (a pattern anchored at the end costs per byte)
     local dot = byte(rel, -3) == B_DOT and -3 or byte(rel, -4) == B_DOT and -4 or nil
@@ -1529,7 +1548,7 @@ function M.scan(root, opts)
   end
   local known_kv = {}
   for name, k in pairs(kinds) do if k.kind == "kv" then known_kv[#known_kv + 1] = name end end
-  local results, threads = analyze_all(root, sources, { bindings = known_kv, not_kv = not_kv }, opts)
+  local results, threads, bytes = analyze_all(root, sources, { bindings = known_kv, not_kv = not_kv }, opts)
   local total = #sources
   local sites, excluded, do_names, typed = {}, {}, {}, {}
   -- in file order, as one thread would have found them: the first file
@@ -1538,9 +1557,9 @@ function M.scan(root, opts)
   local shown, quota, all_lines = {}, opts.examples or 3, opts.all_lines
   for i = 1, total do
     local r, rel = results[i], sources[i]
-    if r.error then
+    if r and r.error then
       errors[#errors + 1] = { file = rel, message = r.error }
-    else
+    elseif r then -- (nil: the file had nothing to say)
       append(sites, r[1])
       for _, x in ipairs(r[2]) do
         local c = shown[x.group] or 0
@@ -1551,14 +1570,13 @@ function M.scan(root, opts)
         end
         excluded[#excluded + 1] = x
       end
-      local facts = r[3]
+      local facts = r[3] or {}
       if facts.do_bindings then
         for name in pairs(facts.do_bindings) do do_names[name] = do_names[name] or rel end
       end
       if facts.types then
         for name, t in pairs(facts.types) do typed[name] = typed[name] or { t = t, file = rel } end
       end
-      bytes = bytes + r[4]
     end
   end
 

@@ -65,15 +65,17 @@ describe("runbook.worker", function()
     local w1 = worker.start("stdlib.kvaudit", "analyze_files", dir, rels, o, claim)
     local w2 = worker.start("stdlib.kvaudit", "analyze_files", dir, rels, o, claim)
     local mine = require("stdlib.kvaudit").analyze_files(dir, rels, o, claim)
-    local seen = {}
+    local seen, analysed = {}, 0
     for _, part in ipairs({ mine, w1:join(), w2:join() }) do
-      for i, r in pairs(part) do
+      analysed = analysed + part.analysed
+      for i, r in pairs(part.files) do
         assert.is_nil(seen[i], "file " .. i .. " analysed twice")
         seen[i] = true
         assert.equals(("'k%d'"):format(i), r[1][1].key_expr)
       end
     end
     for i = 1, 40 do assert.is_true(seen[i], "file " .. i .. " never analysed") end
+    assert.equals(40, analysed)
     -- every thread called next() once past the end
     assert.equals(43, claim:value())
   end)
