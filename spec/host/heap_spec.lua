@@ -16,7 +16,7 @@ local function minflt()
 end
 if arg[1] == "reserve" then
   local ok, why = require("runbook.heap").reserve(8 << 20)
-  if not ok then print("unsupported " .. why) return end
+  if not ok then print("unsupported: " .. why) return end
 end
 local before, keep = minflt(), {}
 for i = 1, 1500 do keep[i] = string.rep("x", 4000) .. i end
@@ -37,14 +37,14 @@ describe("runbook.heap", function()
   local function faults(...)
     local r = cli.run({ "exec", script, ... })
     assert.equals(0, r.code, r.stderr)
-    return r.stdout:match("^(%S+)")
+    return r.stdout:match("^(%S+)"), r.stdout
   end
 
   it("backs what the heap grows into: a few faults instead of one per page", function()
-    local plain = tonumber(faults())
-    local reserved = faults("reserve")
-    if reserved == "unsupported" then
-      pending("this kernel cannot populate memory (MADV_POPULATE_WRITE is Linux 5.14+)")
+    local plain = tonumber((faults()))
+    local reserved, out = faults("reserve")
+    if reserved == "unsupported:" then
+      pending(out) -- a kernel before 5.14, or the ASan build
       return
     end
     reserved = tonumber(reserved)
@@ -57,6 +57,6 @@ describe("runbook.heap", function()
     assert.has_error(function() heap.reserve(-1) end)
     assert.has_error(function() heap.reserve(17 << 20) end)
     assert.has_error(function() heap.reserve("lots") end)
-    assert.is_true(heap.reserve(0)) -- nothing to back
+    assert.is_not_nil(heap.reserve(0)) -- true, or false where it cannot
   end)
 end)
