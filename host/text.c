@@ -11,12 +11,22 @@
  *       number and lstart[i] the position of that line's first byte.
  *       Occurrences may overlap.
  *
+ *   last_of(s, set, init [, stop [, outside]]) -> pos | nil
+ *       The last position in s[stop..init] (default s[1..#s]) whose byte
+ *       is one of the bytes of set — or, with outside, is none of them —
+ *       like strrchr for a set of bytes, or a backward strspn.  nil when
+ *       there is none (and when init < stop).
+ *
  * kv-audit finds ".put" / ".get" / ".delete" / ".list" this way: a
  * string.find loop per needle stops at every dot of a JavaScript file once
  * per needle, and numbering lines costs a string.find per newline.  Here,
  * when every needle starts with the same byte, memchr jumps from one such
  * byte to the next (else a table of first bytes is tested at each byte),
  * and newlines are counted with memchr only up to the last occurrence.
+ * It reads backwards from a call with last_of — the receiver before the
+ * dot, the braces enclosing it, the head of each block — where Lua would
+ * have to reverse the text (a copy of the file) or try an anchored match
+ * at every position.
  */
 #define _GNU_SOURCE
 #include <string.h>
@@ -103,9 +113,47 @@ static int t_find_all(lua_State *L) {
   return 4;
 }
 
+static int t_last_of(lua_State *L) {
+  size_t len, n;
+  const char *s = luaL_checklstring(L, 1, &len);
+  const char *set = luaL_checklstring(L, 2, &n);
+  lua_Integer init = luaL_optinteger(L, 3, (lua_Integer)len);
+  lua_Integer stop = luaL_optinteger(L, 4, 1);
+  int outside = lua_toboolean(L, 5);
+  if (init > (lua_Integer)len)
+    init = (lua_Integer)len;
+  if (stop < 1)
+    stop = 1;
+  if (init < stop) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (n == 1 && !outside) {
+    const char *p = memrchr(s + stop - 1, set[0], (size_t)(init - stop + 1));
+    if (p == NULL)
+      lua_pushnil(L);
+    else
+      lua_pushinteger(L, (lua_Integer)(p - s) + 1);
+    return 1;
+  }
+  unsigned char in[256] = {0};
+  for (size_t i = 0; i < n; i++)
+    in[(unsigned char)set[i]] = 1;
+  unsigned char want = outside ? 0 : 1;
+  for (lua_Integer i = init; i >= stop; i--) {
+    if (in[(unsigned char)s[i - 1]] == want) {
+      lua_pushinteger(L, i);
+      return 1;
+    }
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
 int luaopen_runbook_text_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"find_all", t_find_all},
+      {"last_of", t_last_of},
       {NULL, NULL},
   };
   luaL_newlib(L, fns);

@@ -22,7 +22,7 @@
 -- writes the baseline, so modes apply).
 
 local fs = require("runbook.fs")
-local find_all = require("runbook.text").find_all
+local find_all, last_of = require("runbook.text").find_all, require("runbook.text").last_of
 local worker = require("runbook.worker")
 local heap = require("runbook.heap")
 
@@ -36,18 +36,21 @@ M.SKIP_DIRS = { "node_modules", ".git", ".hg", ".svn", "dist", "build", ".wrangl
 M.EXTENSIONS = { js = true, mjs = true, cjs = true, jsx = true, ts = true, mts = true, cts = true, tsx = true }
 M.WRANGLER_FILES = { ["wrangler.toml"] = true, ["wrangler.json"] = true, ["wrangler.jsonc"] = true }
 
-local find, sub, byte, match, gmatch, rev = string.find, string.sub, string.byte, string.match, string.gmatch,
-  string.reverse
+local find, sub, byte, match, gmatch = string.find, string.sub, string.byte, string.match, string.gmatch
 local INF = math.huge
 
 local B_DQ, B_SQ, B_BT, B_SL, B_BS, B_ST, B_NL = 34, 39, 96, 47, 92, 42, 10
-local B_LB, B_DOT, B_LP, B_RP = 123, 46, 40, 41
+local B_LB, B_RB, B_DOT, B_LP, B_RP, B_COLON = 123, 125, 46, 40, 41, 58
 
 local IDCHAR = {}
 for c = 48, 57 do IDCHAR[c] = true end
 for c = 65, 90 do IDCHAR[c] = true end
 for c = 97, 122 do IDCHAR[c] = true end
 IDCHAR[95], IDCHAR[36] = true, true
+-- the same bytes as a set for text.last_of; a call's receiver chain adds
+-- "." (and "?" "!" for optional chaining and non-null assertions)
+local IDSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_$"
+local CHAIN, CHAIN_QB = IDSET .. ".", IDSET .. ".?!"
 
 local function is_space(c) return c == 32 or c == 9 or c == 10 or c == 13 end
 
@@ -673,8 +676,17 @@ local function definition_at(F, p, after, X, depth)
   if nb then
     local close = find(text, "}", after, true)
     if close and close - after < 400 and find(text, "^}%s*=%s*[%w_$%.]-%f[%w_$]env%f[^%w_$%.]", close) then
-      local key = match(F:rtext(), "^%s*:%s*([%w_$]+)", #text - p + 2)
-      local binding = key and rev(key) or X
+      -- `KEY: X` before X: the binding is KEY
+      local j = p - 1
+      while is_space(byte(text, j)) do j = j - 1 end
+      local key
+      if byte(text, j) == B_COLON then
+        j = j - 1
+        while is_space(byte(text, j)) do j = j - 1 end
+        local k = (last_of(text, IDSET, j, 1, true) or 0) + 1
+        if k <= j then key = sub(text, k, j) end
+      end
+      local binding = key or X
       return { kv = true, binding = binding, via = "env", how = "destructured from env (" .. binding .. ")" }
     end
   end
@@ -779,16 +791,17 @@ end
 -- The receiver of the call whose "." is at dot: "env.KV", "this.kv", "kv"
 -- (optional chaining and non-null assertions dropped), or nil.
 local function receiver_at(F, dot)
-  -- the 64 bytes before the dot, reversed, read with an anchored match
-  local w = rev(sub(F.text, dot > 64 and dot - 64 or 1, dot - 1))
-  local r = match(w, "^[%w_$%.]*")
-  local c = byte(w, #r + 1)
+  -- the run of name bytes and dots ending before the dot, within its 64
+  -- bytes
+  local text, lo = F.text, dot > 64 and dot - 64 or 1
+  local b = (last_of(text, CHAIN, dot - 1, lo, true) or lo - 1) + 1
+  local c = b > lo and byte(text, b - 1)
   if c == 63 or c == 33 then -- "?." or "!" in the chain
-    r = match(w, "^[%w_$%.%?!]*")
-    return (rev(r):gsub("[?!]", ""))
+    b = (last_of(text, CHAIN_QB, dot - 1, lo, true) or lo - 1) + 1
+    return (sub(text, b, dot - 1):gsub("[?!]", ""))
   end
-  if r == "" then return nil end
-  return rev(r)
+  if b == dot then return nil end
+  return sub(text, b, dot - 1)
 end
 
 -- ------------------------------------------------------------ keys
@@ -1013,91 +1026,70 @@ local function hot_name(name)
   return nil
 end
 
--- In the reversed text rt from start: the end of the head — the next ";",
--- "{", "}" or newline — and which of them it is.
-local function head_stop(rt, start)
-  local best, which = find(rt, "\n", start, true) or #rt + 1, "\n"
-  local q = find(rt, ";", start, true)
-  if q and q < best then best, which = q, ";" end
-  q = find(rt, "{", start, true)
-  if q and q < best then best, which = q, "{" end
-  q = find(rt, "}", start, true)
-  if q and q < best then best, which = q, "}" end
-  return best, which
+-- Going back from position e of text: where the head of a block ends —
+-- the last ";", "{", "}" or newline at or before e (0 when none) — and
+-- which of them it is.
+local function head_stop(text, e)
+  local q = last_of(text, "\n;{}", e)
+  if not q then return 0, B_NL end
+  return q, byte(text, q)
 end
 
--- The head of the block whose "{" is at rt position at-1: the text before
--- it on its line; across lines when the line has nothing ("{" alone) or
+-- The head of the block whose "{" follows position e: the text before it
+-- on its line; across lines when the line has nothing ("{" alone) or
 -- ends a parenthesis opened earlier (multi-line parameters, the
 -- `for (let i = 0; i < n; i++)` whose semicolons would stop it).
-local function block_head(rt, at)
-  local start, stop, which = at, head_stop(rt, at)
+local function block_head(text, e)
+  local stop, which = head_stop(text, e)
   for _ = 1, 6 do
-    local h = sub(rt, start, stop - 1) -- reversed
-    -- balance: in reversed text ")" opens
-    local depth, p = 0, start
-    local o, c = find(rt, ")", p, true), find(rt, "(", p, true)
-    while (o and o < stop) or (c and c < stop) do
-      if o and (not c or o < c) then
-        depth = depth + 1
-        p = o + 1
-        o = find(rt, ")", p, true)
-      else
-        depth = depth - 1
-        p = c + 1
-        c = find(rt, "(", p, true)
-      end
+    -- parentheses of the head, going back: ")" opens
+    local depth, p = 0, e
+    local q = last_of(text, "()", p, stop + 1)
+    while q do
+      depth = depth + (byte(text, q) == B_RP and 1 or -1)
+      p = q - 1
+      q = last_of(text, "()", p, stop + 1)
     end
-    local fwd = trim(rev(h))
+    local fwd = trim(sub(text, stop + 1, e))
     if depth > 0 then
       -- find the "(" that balances, then the rest of its line
-      local q = p
+      p = stop
       while depth > 0 do
-        o, c = find(rt, ")", q, true), find(rt, "(", q, true)
-        if not c then break end
-        if o and o < c then
-          depth = depth + 1
-          q = o + 1
-        else
-          depth = depth - 1
-          q = c + 1
-        end
+        q = last_of(text, "()", p)
+        if not q then break end
+        depth = depth + (byte(text, q) == B_RP and 1 or -1)
+        p = q - 1
       end
       if depth > 0 then return fwd end
-      local s2 = head_stop(rt, q)
-      stop = s2
-    elseif fwd == "" and which == "\n" then
-      stop, which = head_stop(rt, stop + 1)
+      stop = head_stop(text, p)
+    elseif fwd == "" and which == B_NL then
+      stop, which = head_stop(text, stop - 1)
     else
       return fwd
     end
   end
-  return trim(rev(sub(rt, start, stop - 1)))
+  return trim(sub(text, stop + 1, e))
 end
 
--- Walk outwards from pos through the enclosing blocks (backwards, on the
--- reversed text) up to the enclosing named function: is the site in a loop
--- or a handler that runs all the time? → hot (why) or nil, function name.
+-- Walk outwards from pos through the enclosing blocks (back through the
+-- braces) up to the enclosing named function: is the site in a loop or a
+-- handler that runs all the time? → hot (why) or nil, function name.
 local function context_at(F, pos)
-  local text, rt = F.text, F:rtext()
-  local len = #text
-  local r = len - pos + 2
-  local depth, nO, nC = 0, 0, 0
+  local text = F.text
+  local depth, p = 0, pos - 1
   local hot, fn
   for _ = 1, 400 do
-    if nO < r then nO = find(rt, "{", r, true) or INF end
-    if nC < r then nC = find(rt, "}", r, true) or INF end
-    if nO == INF then break end
-    if nC < nO then
+    local q = last_of(text, "{}", p)
+    if not q then break end
+    p = q - 1
+    if byte(text, q) == B_RB then
       depth = depth + 1
-      r = nC + 1
     elseif depth > 0 then
       depth = depth - 1
-      r = nO + 1
     else
-      local memo = F.heads[nO]
+      local memo = F.heads[q]
       if not memo then
-        local kind, what = head_kind(block_head(rt, nO + 1))
+        local kind, what = head_kind(block_head(text, q - 1))
         local why
         if kind == "loop" then
           why = "in a loop (" .. what .. ")"
@@ -1107,7 +1099,7 @@ local function context_at(F, pos)
           why = hot_name(what)
         end
         memo = { kind or false, what, why }
-        F.heads[nO] = memo
+        F.heads[q] = memo
       end
       local kind, what, why = memo[1], memo[2], memo[3]
       hot = hot or why
@@ -1116,7 +1108,6 @@ local function context_at(F, pos)
         if kind == "function" then fn = what end
         break
       end
-      r = nO + 1
     end
   end
   return hot, fn
@@ -1132,14 +1123,6 @@ local NEEDLES, NEEDLE_OPS = { ".put", ".get", ".delete", ".list" }, { "put", "ge
 
 local File = {}
 File.__index = File
-function File:rtext()
-  local r = self._rtext
-  if not r then
-    r = rev(self.text)
-    self._rtext = r
-  end
-  return r
-end
 
 ---Options shared by every file a thread of a scan analyses (see M.scan):
 ---known KV names and receivers that are not KV.
@@ -1532,7 +1515,7 @@ function M.scan(root, opts)
     if dot and M.EXTENSIONS[sub(rel, dot + 1)] then
       if not excluded_by(rel) then sources[#sources + 1] = rel end
     elseif byte(rel, -13) == 119 or byte(rel, -14) == 119 or byte(rel, -15) == 119 then
-      local base = rev(match(rev(rel), "^[^/]*"))
+      local base = sub(rel, (last_of(rel, "/") or 0) + 1)
       if M.WRANGLER_FILES[base] and not excluded_by(rel) then wranglers[#wranglers + 1] = rel end
     end
   end

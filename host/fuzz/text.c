@@ -7,6 +7,10 @@
  * arrays must equal a naive model: at every position, in order, the first
  * needle that matches there; its 1-based line (newlines before it + 1) and
  * the position after the last newline before it.
+ *
+ * Then last_of, with the first needle as the set, at every init from -1 to
+ * #text+1, a stop and inside/outside taken from byte 0, must equal a naive
+ * backward loop over the clamped range.
  */
 #include "../text.c"
 
@@ -93,6 +97,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   if (seen != n)
     FAIL("find_all found %lld occurrences, expected %lld", (long long)n, (long long)seen);
+
+  int outside = (data[0] >> 2) & 1;
+  lua_Integer stop = (lua_Integer)(data[0] >> 3) % 5 - 1; /* -1 .. 3 */
+  for (lua_Integer init = -1; init <= (lua_Integer)len + 1; init++) {
+    lua_settop(L, 0);
+    lua_pushcfunction(L, t_last_of);
+    lua_pushlstring(L, s, len);
+    lua_pushlstring(L, nd[0], nl[0]);
+    lua_pushinteger(L, init);
+    lua_pushinteger(L, stop);
+    lua_pushboolean(L, outside);
+    if (lua_pcall(L, 5, 1, 0) != LUA_OK)
+      FAIL("last_of raised: %s", lua_tostring(L, -1));
+    lua_Integer got = lua_isnil(L, -1) ? 0 : lua_tointeger(L, -1), want = 0;
+    lua_Integer hi = init > (lua_Integer)len ? (lua_Integer)len : init, lo = stop < 1 ? 1 : stop;
+    for (lua_Integer i = hi; i >= lo && want == 0; i--) {
+      int in = memchr(nd[0], s[i - 1], nl[0]) != NULL;
+      if (in != outside)
+        want = i;
+    }
+    if (got != want)
+      FAIL("last_of(init %lld, stop %lld, outside %d) = %lld, expected %lld", (long long)init,
+           (long long)stop, outside, (long long)got, (long long)want);
+  }
   lua_close(L);
   return 0;
 }

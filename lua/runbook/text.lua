@@ -15,4 +15,15 @@ local M = {}
 ---@return integer[] lstart position of each line's first byte
 M.find_all = core.find_all
 
+---The last position in s[stop..init] (default all of s) whose byte is one
+---of set's bytes — with outside, none of them: strrchr for a set of bytes,
+---or a backward strspn (the start of a run is last_of(...,true) + 1).
+---@param s string
+---@param set string  the bytes to look for
+---@param init integer|nil  where to start, going backwards (default #s)
+---@param stop integer|nil  the lowest position looked at (default 1)
+---@param outside boolean|nil  look for a byte not in set
+---@return integer|nil pos
+M.last_of = core.last_of
+
 return M

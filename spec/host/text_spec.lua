@@ -37,3 +37,41 @@ describe("text.find_all", function()
     assert.has_error(function() text.find_all("x", { 1 }) end)
   end)
 end)
+
+describe("text.last_of", function()
+  local last_of = text.last_of
+
+  it("finds the last byte of a set at or before init, like strrchr for a set", function()
+    local src = "if (x) { await env.KV.put(k) }"
+    assert.equals(30, last_of(src, "{}"))
+    assert.equals(8, last_of(src, "{}", 29))
+    assert.equals(6, last_of(src, ")(", 7))
+    assert.equals(26, last_of(src, "(", 29)) -- one byte: memrchr
+    assert.equals(4, last_of(src, "(", 25))
+    assert.is_nil(last_of(src, "#"))
+  end)
+
+  it("with outside, finds the last byte not in the set: where a run ending at init starts, minus one", function()
+    local src = "await env.KV.put(k)"
+    local chain = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$."
+    -- the receiver before ".put" (position 13) is env.KV, from 7 to 12
+    assert.equals(6, last_of(src, chain, 12, 1, true))
+    assert.equals("env.KV", src:sub(last_of(src, chain, 12, 1, true) + 1, 12))
+    -- a run reaching the stop: nil, the run starts at stop
+    assert.is_nil(last_of(src, chain, 12, 7, true))
+  end)
+
+  it("looks only between stop and init, clamped to the string", function()
+    assert.equals(1, last_of("a{b", "a{", 1))
+    assert.is_nil(last_of("a{b", "{", 3, 3))
+    assert.equals(2, last_of("a{b", "{", 99))
+    assert.is_nil(last_of("a{b", "{", 0))
+    assert.is_nil(last_of("", "{"))
+    assert.equals(2, last_of("a{b", "{", 3, -5))
+  end)
+
+  it("refuses what is not a string", function()
+    assert.has_error(function() last_of(nil, "{") end)
+    assert.has_error(function() last_of("x", nil) end)
+  end)
+end)
