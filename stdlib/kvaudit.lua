@@ -1747,14 +1747,19 @@ function M.classify(result)
     s.home = chosen.home
     s.home_reason = chosen.why
   end
+  result._totals = nil -- categories changed
   return result
 end
 
 -- ------------------------------------------------------------ report
 
 ---Totals: sites, per op, puts without TTL, lists on hot paths, per category.
+---Counted once per result and classification (the runbook asks in every
+---step): the table is shared, read it only.
 ---@param result table
 function M.totals(result)
+  local memo = result._totals
+  if memo and memo.of == result.sites and memo.n == #result.sites then return memo.t end
   local t = { sites = #result.sites, put = 0, get = 0, delete = 0, list = 0, put_without_ttl = 0,
     put_ttl_unknown = 0, list_hot = 0, A = 0, B = 0, C = 0, excluded = #result.excluded, files = result.files }
   for _, s in ipairs(result.sites) do
@@ -1764,6 +1769,7 @@ function M.totals(result)
     if s.op == "list" and s.hot then t.list_hot = t.list_hot + 1 end
     if s.category then t[s.category] = t[s.category] + 1 end
   end
+  result._totals = { of = result.sites, n = #result.sites, t = t }
   return t
 end
 
@@ -1785,23 +1791,23 @@ function M.candidates(result, n)
   local groups, order = {}, {}
   for _, s in ipairs(result.sites) do
     local score = CAT_SCORE[s.category] or 0
-    local issues = {}
-    if s.op == "put" then score = score + 10 end
-    if s.op == "list" then score = score + 8 end
-    if s.op == "put" and s.ttl == "no" then
+    local op = s.op
+    local issue1, issue2
+    if op == "put" then score = score + 10 end
+    if op == "list" then score = score + 8 end
+    if op == "put" and s.ttl == "no" then
       score = score + 5
-      issues[#issues + 1] = "put without TTL"
+      issue1 = "put without TTL"
     end
     -- a cache filled on every request is what a cache is for; a list there,
     -- or a control-plane put, is not
-    if s.hot and (s.op == "list" or (s.op == "put" and s.category ~= "C")) then
+    if s.hot and (op == "list" or (op == "put" and s.category ~= "C")) then
       score = score + 10
-      issues[#issues + 1] = s.op .. " " .. s.hot
+      issue2 = op .. " " .. s.hot
     end
-    local worth = s.category ~= "C" or #issues > 0
-    if worth then
+    if s.category ~= "C" or issue1 or issue2 then
       local fam = family(s)
-      local key = table.concat({ s.binding, fam or "(dynamic key)", s.category }, "\0")
+      local key = s.binding .. "\0" .. (fam or "(dynamic key)") .. "\0" .. s.category
       local g = groups[key]
       if not g then
         g = { binding = s.binding, family = fam, category = s.category, what = s.what, home = s.home,
@@ -1810,8 +1816,9 @@ function M.candidates(result, n)
         order[#order + 1] = g
       end
       g.sites[#g.sites + 1] = s
-      g.ops[s.op] = (g.ops[s.op] or 0) + 1
-      for _, i in ipairs(issues) do g.issues[i] = true end
+      g.ops[op] = (g.ops[op] or 0) + 1
+      if issue1 then g.issues[issue1] = true end
+      if issue2 then g.issues[issue2] = true end
       if score > g.score then g.score = score end
     end
   end
