@@ -285,6 +285,21 @@ describe("kvaudit.analyze on snippets", function()
     assert.equals("CACHE", one("const { CACHE } = env; await CACHE.get('k')").binding)
   end)
 
+  it("reads a block's head across lines: a for's semicolons, parameters on several lines, a lone {", function()
+    -- the ";" inside for (...) would end the head at "i++)"
+    local s = one("async function sweep(env, keys) {\n  for (let i = 0; i < keys.length; i++) {\n"
+      .. "    await env.KV.list({ prefix: keys[i] });\n  }\n}")
+    assert.equals("in a loop (for (let i = 0; i < keys.length; i++))", s.hot)
+    assert.equals("sweep", s.fn)
+    -- the ")" on the "{" line opens a parenthesis three lines up
+    s = one("export async function refreshAll(\n  env,\n  ids\n) {\n  await env.KV.put('k', 'v');\n}")
+    assert.equals("refreshAll", s.fn)
+    -- "{" alone on its line: the head is the line before
+    s = one("function drain(env, names)\n{\n  for (const n of names)\n  {\n    env.KV.put(n, '1');\n  }\n}")
+    assert.equals("in a loop (for (const n of names))", s.hot)
+    assert.equals("drain", s.fn)
+  end)
+
   it("takes parameters and properties named like a KV namespace, and typed ones", function()
     assert.equals("kv", one("export function f(kv, k) { return kv.get(k); }").binding)
     assert.equals("sessionKv", one("function f(sessionKv) { return sessionKv.delete('x'); }").binding)
