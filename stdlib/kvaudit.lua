@@ -42,15 +42,13 @@ local INF = math.huge
 local B_DQ, B_SQ, B_BT, B_SL, B_BS, B_ST, B_NL = 34, 39, 96, 47, 92, 42, 10
 local B_LB, B_RB, B_DOT, B_LP, B_RP, B_COLON = 123, 125, 46, 40, 41, 58
 
-local IDCHAR = {}
-for c = 48, 57 do IDCHAR[c] = true end
-for c = 65, 90 do IDCHAR[c] = true end
-for c = 97, 122 do IDCHAR[c] = true end
-IDCHAR[95], IDCHAR[36] = true, true
--- the same bytes as a set for text.last_of; a call's receiver chain adds
--- "." (and "?" "!" for optional chaining and non-null assertions)
+-- the bytes of a JS name: as a set for text.last_of and as a lookup table;
+-- a call's receiver chain adds "." (and "?" "!" for optional chaining and
+-- non-null assertions)
 local IDSET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_$"
 local CHAIN, CHAIN_QB = IDSET .. ".", IDSET .. ".?!"
+local IDCHAR = {}
+for i = 1, #IDSET do IDCHAR[byte(IDSET, i)] = true end
 
 local function is_space(c) return c == 32 or c == 9 or c == 10 or c == 13 end
 
@@ -1452,7 +1450,7 @@ local function analyze_all(root, sources, o, opts)
   local threads = mine.analysed > 0 and 1 or 0
   for k = 1, n do
     -- room for the worker's part before it is copied in
-    heap.reserve(math.min(M.HEAP_AHEAD * 2, 16 << 20))
+    heap.reserve(2 * M.HEAP_AHEAD)
     local part = workers[k]:join()
     if part.analysed > 0 then threads = threads + 1 end
     for j, r in pairs(part.files) do out[j] = r end
