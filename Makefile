@@ -143,7 +143,7 @@ FUZZ_LIBS_http   := $(CURL_LIBS)
 FUZZ_LIBS_crypto := $(SSL_LIBS)
 FUZZ_LIBS_sqlite := $(SQL_LIBS)
 
-$(FUZZ_BINS): build/fuzz/%: host/fuzz/%.c $(wildcard host/*.c) host/host.h
+$(FUZZ_BINS): build/fuzz/%: host/fuzz/%.c host/fuzz/fuzz.h $(wildcard host/*.c) host/host.h
 	@mkdir -p $(dir $@)
 	@command -v $(FUZZ_CC) >/dev/null || { echo "fuzz: $(FUZZ_CC) not found (make deps installs clang)" >&2; exit 1; }
 	@echo "  FUZZ  $@"

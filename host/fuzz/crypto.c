@@ -19,16 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 static lua_State *L;
-
-#define FAIL(...)                                                                          \
-  do {                                                                                     \
-    fprintf(stderr, __VA_ARGS__);                                                          \
-    fputc('\n', stderr);                                                                   \
-    abort();                                                                               \
-  } while (0)
 
 /* f(s) with the results left on the stack; returns how many. */
 static int call(lua_CFunction f, const char *s, size_t n) {

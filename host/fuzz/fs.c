@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <sys/mman.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int fd = memfd_create("lock", MFD_CLOEXEC);

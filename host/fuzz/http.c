@@ -20,7 +20,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 /* The model: what the headers table of a response with these header lines
  * must be.  Written from the spec, not from the C code. */

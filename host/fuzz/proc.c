@@ -17,7 +17,7 @@
 
 #include <stdio.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 static lua_State *L;
 

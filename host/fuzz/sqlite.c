@@ -22,14 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define FAIL(...)                                                                          \
-  do {                                                                                     \
-    fprintf(stderr, __VA_ARGS__);                                                          \
-    fputc('\n', stderr);                                                                   \
-    abort();                                                                               \
-  } while (0)
+#include "fuzz.h"
 
 /* Structurally valid UTF-8: every lead byte has its continuation bytes. */
 static int valid_utf8(const unsigned char *s, size_t n) {

@@ -22,14 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define FAIL(...)                                                                          \
-  do {                                                                                     \
-    fprintf(stderr, __VA_ARGS__);                                                          \
-    fputc('\n', stderr);                                                                   \
-    abort();                                                                               \
-  } while (0)
+#include "fuzz.h"
 
 static const char *const NAMES[] = {"OK", "EOF", "INTR", "SIGNAL", "LONG", "ERR"};
 

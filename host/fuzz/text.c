@@ -19,14 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define FAIL(...)                                                                          \
-  do {                                                                                     \
-    fprintf(stderr, __VA_ARGS__);                                                          \
-    fputc('\n', stderr);                                                                   \
-    abort();                                                                               \
-  } while (0)
+#include "fuzz.h"
 
 static lua_Integer geti(lua_State *L, int t, lua_Integer i) {
   lua_rawgeti(L, t, i);
