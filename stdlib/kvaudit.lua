@@ -1551,11 +1551,11 @@ function M.scan(root, opts)
         end
         excluded[#excluded + 1] = x
       end
-      local facts = r[3] or {}
-      if facts.do_bindings then
+      local facts = r[3] -- false when the file said nothing about bindings
+      if facts and facts.do_bindings then
         for name in pairs(facts.do_bindings) do do_names[name] = do_names[name] or rel end
       end
-      if facts.types then
+      if facts and facts.types then
         for name, t in pairs(facts.types) do typed[name] = typed[name] or { t = t, file = rel } end
       end
     end
