@@ -11,10 +11,10 @@
 -- with and people forget: revoke the old key at the provider — which needs
 -- a typed confirmation.
 --
--- The value comes from -p value_env=VAR (an environment variable holding
--- it), $PROVIDER_KEY_VALUE, or a no-echo prompt on a terminal; -p value=...
--- works but leaves it in the process list. It is never journaled: a resumed
--- run asks for it again the same way.
+-- The value comes from $PROVIDER_KEY_VALUE, -p value_env=VAR (another
+-- environment variable holding it), or a no-echo prompt on a terminal;
+-- `runbook run` refuses -p value=... (the process list would show it). It
+-- is never journaled: a resumed run asks for it again the same way.
 local rb = require("runbook")
 local crypto = require("runbook.crypto")
 local secrets = require("stdlib.secrets")
@@ -43,8 +43,8 @@ local function from_terminal()
   return term.isatty(0) and os.getenv("CI") ~= "true"
 end
 
--- The new value, from (in this order) -p value / $PROVIDER_KEY_VALUE,
--- the variable -p value_env names, a no-echo prompt. Registered as a secret.
+-- The new value, from (in this order) $PROVIDER_KEY_VALUE, the variable
+-- -p value_env names, a no-echo prompt. Registered as a secret.
 local function new_value(ctx)
   local name = ctx.params.name
   local v = ctx.params.value
@@ -65,7 +65,7 @@ local function new_value(ctx)
   end
   if not v then
     ctx:fail("no value for %s: export it in $%s or in a variable named by -p value_env=VAR, or run on a terminal "
-      .. "to be asked (not -p value=..., which the process list shows)", name, VALUE_ENV)
+      .. "to be asked", name, VALUE_ENV)
   end
   v = v:gsub("[\r\n]+$", "")
   ctx:secret(v)
@@ -104,7 +104,7 @@ return rb.runbook {
     { name = "value_env", type = "string", pattern = "^[%a_][%w_]*$",
       help = "name of an environment variable holding the new value" },
     { name = "value", type = "secret", env = VALUE_ENV,
-      help = "the new value (prefer $" .. VALUE_ENV .. " or value_env: -p shows it in the process list)" },
+      help = "the new value: set $" .. VALUE_ENV .. " (-p is refused: the process list would show it)" },
   },
   fixtures = {
     ["GET /api/health"] = { status = 200, json = { status = "ok", worker = "orchestrator-hub" } },

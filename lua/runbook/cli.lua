@@ -122,6 +122,20 @@ local function err_out(msg)
   io.stderr:write("runbook: ", msg, "\n")
 end
 
+-- The first secret parameter given as a -p word, as a one-line refusal
+-- (nil when none): `why` says what -p would do with it, `where` where to
+-- set its environment variable instead.
+local function secret_words(def, given, why, where)
+  for _, p in ipairs(def.params) do
+    if p.type == "secret" and given[p.name] ~= nil then
+      return ("parameter '%s' is a secret and %s; %s"):format(p.name,
+        why or "-p puts it in the process list, shell history and CI logs",
+        p.env and ("set $" .. p.env .. (where and (" " .. where) or "") .. " instead")
+          or ("%s takes it from its own source, not from -p"):format(def.name))
+    end
+  end
+end
+
 local function load_project()
   local project = require("runbook.project")
   local p, err = project.load()
@@ -257,6 +271,14 @@ local function do_run(a, name, resume_id)
   if not def then
     if J then J:close() end
     err_out(err)
+    return EXIT_USAGE
+  end
+  -- a secret on the command line is in the process list, shell history and
+  -- CI logs before anything here can mask it: refused, never echoed
+  local serr = secret_words(def, given)
+  if serr then
+    if J then J:close() end
+    err_out(serr)
     return EXIT_USAGE
   end
   if a.resume and not resume_id then
@@ -544,14 +566,10 @@ local function cmd_schedule(a)
   end
   local given, perr = params.parse_words(a.param)
   if not given then err_out(perr) return EXIT_USAGE end
-  for _, p in ipairs(def.params) do
-    -- a schedule is a plain-text file: a secret there would be on disk for good
-    if p.type == "secret" and given[p.name] ~= nil then
-      err_out(("parameter '%s' is a secret and would be written into the schedule in plain text; %s"):format(
-        p.name, p.env and ("set $" .. p.env .. " in the scheduler's environment instead") or "do not schedule it"))
-      return EXIT_USAGE
-    end
-  end
+  -- a schedule is a plain-text file: a secret there would be on disk for good
+  local serr = secret_words(def, given, "would be written into the schedule in plain text",
+    "in the scheduler's environment")
+  if serr then err_out(serr) return EXIT_USAGE end
   -- the scheduled runs must start: every parameter valid, none missing
   local _, verr = params.resolve(def.params, given, { runbook = def.name })
   if verr then err_out(verr) return EXIT_USAGE end

@@ -88,4 +88,26 @@ describe("modes and secrets", function()
       end
     end
   end)
+
+  it("refuses a secret given with -p before anything runs, without echoing it, and names the variable", function()
+    local token = "tk-" .. require("runbook.crypto.core").hex(require("runbook.crypto.core").random(12))
+    local j = dir .. "/j.db"
+    for _, args in ipairs({
+      { "run", "leaky", "-p", "token=" .. token, "-p", "url=" .. srv.url, "--journal", j },
+      { "run", "leaky", "--json", "-p", "token=" .. token, "--journal", j },
+    }) do
+      local r = cli.run(args)
+      assert.equals(2, r.code, r.stdout .. r.stderr)
+      assert.equals("runbook: parameter 'token' is a secret and -p puts it in the process list, shell history "
+        .. "and CI logs; set $LEAKY_TOKEN instead\n", r.stderr)
+      assert.is_nil((r.stdout .. r.stderr):find(token, 1, true))
+    end
+    -- nothing ran: the server saw nothing, and no run was journaled
+    for _, e in ipairs(seen().log) do assert.equals("/reset", e.path) end
+    assert.matches("no runs", cli.run({ "history", "--journal", j }).stdout)
+    -- from the variable it is taken, and the run goes on
+    local r = cli.run({ "run", "leaky", "-p", "url=" .. srv.url, "--journal", j }, { env_add = { LEAKY_TOKEN = token } })
+    assert.equals(1, r.code) -- (leaky's last step fails on purpose, after using the token)
+    assert.matches("%[sha256:%x+%]", r.stdout)
+  end)
 end)
