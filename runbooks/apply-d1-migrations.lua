@@ -34,8 +34,9 @@ return rb.runbook {
         local t = target(ctx)
         local o = {}
         if t.where == "remote" then
-          o.account = wrangler.account(ctx)
-          ctx:set("account", o.account)
+          local account = wrangler.account(ctx)
+          ctx:set("account", account)
+          o.account = account or false
         end
         ctx:log("%s", migration.describe_where(t, o))
         ctx:log("environment: %s", ctx.env.name)
@@ -76,11 +77,7 @@ return rb.runbook {
         if not r then ctx:fail("%s", err) end
       end,
       verify = {
-        rb.check("no migration is pending", function(ctx)
-          local pending, err = migration.pending(ctx, ctx:get("d1"))
-          if not pending then return false, err end
-          return #pending == 0, "still pending: " .. table.concat(pending, ", ")
-        end),
+        migration.none_pending(function(ctx) return ctx:get("d1") end),
       },
       hint = "A migration that failed half-way is rolled back by D1; fix its SQL and run this again. " ..
         "Locally the hub may hold the database: stop it (hubctl stop) if wrangler reports it busy.",

@@ -18,6 +18,9 @@ local COUNTS = { kv = { tasks = 3, results = 2 }, d1 = { tasks = 0, results = 0 
   reconcile = { tasks = { kv = 3, in_d1 = 3, missing = 0, missing_ids = {} },
     results = { kv = 2, in_d1 = 2, missing = 0, missing_ids = {} } } }
 
+-- The D1 the hub uses (resolved and journaled in step 1).
+local function d1(ctx) return ctx:get("d1") end
+
 local function counts(ctx, reconcile)
   local c, err = migration.counts(ctx, ctx:get("key"), { reconcile = reconcile })
   if not c then ctx:fail("%s", err) end
@@ -84,6 +87,9 @@ return rb.runbook {
       help = "keys per page (each page costs the hub one KV list)" },
     { name = "cleanup", type = "bool", default = false,
       help = "delete migrated keys from KV once the counts reconcile" },
+    { name = "wrangler_env", type = "string", pattern = "^[%w_%-]*$",
+      help = "wrangler --env of the deployed hub, for its D1 (default: the environment's wrangler_env; "
+        .. "empty = top-level Worker); not used for the hub on this machine" },
   },
   fixtures = {
     ["GET /api/admin/queue/counts"] = { status = 200, json = COUNTS },
@@ -93,9 +99,12 @@ return rb.runbook {
     rb.step "Show the target and what is in KV and D1" {
       run = function(ctx)
         if not ctx.env.url then ctx:fail("environment '%s' has no url in runbook.lua", ctx.env.name) end
+        local t, terr = migration.hub_d1(ctx, ctx.params.wrangler_env)
+        if not t then ctx:fail("%s", terr) end
+        ctx:set("d1", t)
         ctx:set("key", ops.queue_key(ctx))
         ctx:log("hub:      %s", ctx.env.url)
-        ctx:log("d1:       %s", migration.describe(migration.d1_target(ctx)))
+        ctx:log("d1:       %s", migration.describe_where(t))
         ctx:log("pages:    %d keys each%s", ctx.params.limit,
           ctx.params.cleanup and "; KV cleaned up after the counts reconcile" or "; KV left as it is")
         local c = counts(ctx)
@@ -107,29 +116,17 @@ return rb.runbook {
       verify = {
         rb.check("the hub answered the counts", function(ctx) return ctx:get("kv_before") ~= nil end),
       },
-      hint = "401: the canonical key is not the hub's — run recover-queue-401.",
+      hint = "401: the canonical key is not the hub's — run recover-queue-401. A deployed hub's D1 is the one of "
+        .. "its wrangler env: set wrangler_env in runbook.lua or pass -p wrangler_env=.",
     },
     rb.step "Apply the queue's D1 migration if it is missing" {
       run = function(ctx)
-        local t = migration.d1_target(ctx)
-        ctx:log("%s", migration.describe(t))
-        local pending, err = migration.pending(ctx, t)
+        local pending, err = migration.apply_pending(ctx, d1(ctx))
         if not pending then ctx:fail("%s", err) end
         ctx:set("migrations_pending", pending)
-        if #pending == 0 then
-          ctx:log("no migrations pending")
-          return
-        end
-        ctx:log("pending: %s", table.concat(pending, ", "))
-        local ok, aerr = migration.apply(ctx, t)
-        if not ok then ctx:fail("%s", aerr) end
       end,
       verify = {
-        rb.check("no migration is pending", function(ctx)
-          local pending, err = migration.pending(ctx, migration.d1_target(ctx))
-          if not pending then return false, err end
-          return #pending == 0, "still pending: " .. table.concat(pending, ", ")
-        end),
+        migration.none_pending(d1),
         rb.check("D1 answers with queue tables", function(ctx)
           local c = counts(ctx)
           return type(c.d1.tasks) == "number" and type(c.d1.results) == "number"

@@ -117,7 +117,7 @@ return rb.runbook {
       run = function(ctx)
         local t = resolve(ctx)
         local o = {}
-        if t.where == "remote" then o.account = wrangler.account(ctx) end
+        if t.where == "remote" then o.account = wrangler.account(ctx) or false end
         ctx:log("where:    %s", migration.describe_where(t.d1, o))
         ctx:log("script:   %s", t.script)
         if t.where == "remote" then
@@ -153,22 +153,11 @@ return rb.runbook {
     },
     rb.step "Apply pending D1 migrations where stated" {
       run = function(ctx)
-        local d1 = ctx:get("target").d1
-        local pending, err = migration.pending(ctx, d1)
+        local pending, err = migration.apply_pending(ctx, ctx:get("target").d1)
         if not pending then ctx:fail("%s", err) end
-        ctx:log("%s: %s", d1.where == "local" and "LOCAL" or "REMOTE",
-          #pending == 0 and "no migrations pending" or ("pending: " .. table.concat(pending, ", ")))
-        if #pending > 0 then
-          local r, aerr = migration.apply(ctx, d1)
-          if not r then ctx:fail("%s", aerr) end
-        end
       end,
       verify = {
-        rb.check("no migration is pending", function(ctx)
-          local pending, err = migration.pending(ctx, ctx:get("target").d1)
-          if not pending then return false, err end
-          return #pending == 0, "still pending: " .. table.concat(pending, ", ")
-        end),
+        migration.none_pending(function(ctx) return ctx:get("target").d1 end),
       },
       hint = "Nothing is deployed yet. Apply them alone with `runbook run apply-d1-migrations -p where=...` " ..
         "to see wrangler's full answer.",

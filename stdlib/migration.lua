@@ -26,15 +26,13 @@ M.DATABASE = "DB"
 
 local function path(ctx, p) return p and project.path(ctx.project, p) or nil end
 
----Where the environment's D1 lives: { where = "local"|"remote", cwd, persist_to }.
----The local hub (env.hub_dir) keeps its state in env.hub_state/wrangler, as
----examples/hub/hubctl.lua starts it; anything else is --remote.
-function M.d1_target(ctx)
+-- The local hub's D1 (env.hub_dir): its wrangler dev state is in
+-- env.hub_state/wrangler, as examples/hub/hubctl.lua starts it.
+local function local_d1(ctx)
   local env = ctx.env
-  local where = env.d1 or (env.hub_dir and "local" or "remote")
-  local t = { where = where, database = env.d1_database or M.DATABASE, env = env.wrangler_env,
+  local t = { where = "local", database = env.d1_database or M.DATABASE,
     cwd = path(ctx, env.hub_dir) or path(ctx, env.wrangler_cwd) }
-  if where == "local" and env.hub_state then t.persist_to = path(ctx, env.hub_state) .. "/wrangler" end
+  if env.hub_state then t.persist_to = path(ctx, env.hub_state) .. "/wrangler" end
   return t
 end
 
@@ -49,12 +47,6 @@ function M.use_hub_wrangler(ctx)
   end
 end
 
----One line naming the D1 target, for the operator to read before a write.
-function M.describe(t)
-  return ("D1 %s (%s%s%s)"):format(t.database, t.where == "local" and "--local" or "--remote",
-    t.env and (" --env " .. t.env) or "", t.persist_to and (", state in " .. t.persist_to) or "")
-end
-
 ---D1 migrations not yet applied (file names), or nil, err.
 function M.pending(ctx, t)
   M.use_hub_wrangler(ctx)
@@ -67,6 +59,32 @@ function M.apply(ctx, t)
   M.use_hub_wrangler(ctx)
   return wrangler.d1_migrations_apply(ctx, { database = t.database, where = t.where, env = t.env,
     persist_to = t.persist_to, cwd = t.cwd })
+end
+
+---List the pending migrations of t, say which (LOCAL/REMOTE first), and
+---apply them if there are any: the names that were pending (empty: nothing
+---was applied), or nil, err.
+function M.apply_pending(ctx, t)
+  local pending, err = M.pending(ctx, t)
+  if not pending then return nil, err end
+  ctx:log("%s: %s", t.where == "local" and "LOCAL" or "REMOTE",
+    #pending == 0 and "no migrations pending" or ("pending: " .. table.concat(pending, ", ")))
+  if #pending > 0 then
+    local ok, aerr = M.apply(ctx, t)
+    if not ok then return nil, aerr end
+  end
+  return pending
+end
+
+---The check every step that applies migrations ends with: wrangler lists
+---none pending for the D1 target(ctx) gives.
+---@param target fun(ctx): table
+function M.none_pending(target)
+  return require("runbook").check("no migration is pending", function(ctx)
+    local pending, err = M.pending(ctx, target(ctx))
+    if not pending then return false, err end
+    return #pending == 0, "still pending: " .. table.concat(pending, ", ")
+  end)
 end
 
 ---The D1 target for a `where` the operator stated ("local" or "remote"),
@@ -93,9 +111,27 @@ function M.d1_target_where(ctx, where, o)
     return nil, ("-p where=remote, but environment '%s' is the hub on this machine (hub_dir in runbook.lua): "
       .. "pick a deployed environment (--env stage or production), or -p where=local"):format(env.name)
   end
-  local t = M.d1_target(ctx)
-  t.where, t.env = "local", nil
-  return t
+  return local_d1(ctx)
+end
+
+---The D1 the environment's hub uses, for a runbook that works through that
+---hub: its wrangler dev state when the hub runs on this machine, else the
+---deployed database of the environment's wrangler env, which must be known
+---(wrangler_env given, or in runbook.lua; "" is the top-level Worker): a
+---remote apply without --env changes the top-level Worker's database, which
+---may not be this hub's. Returns the target, or nil, err.
+---@param wrangler_env string|nil
+function M.hub_d1(ctx, wrangler_env)
+  local env = ctx.env
+  if env.hub_dir ~= nil and env.d1 ~= "remote" then return local_d1(ctx) end
+  local e = wrangler_env
+  if e == nil then e = env.wrangler_env end
+  if e == nil then
+    return nil, ("environment '%s' names no wrangler_env in runbook.lua, so which deployed D1 its hub uses is not "
+      .. "known (--remote without --env is the top-level Worker's); pass -p wrangler_env=NAME, or "
+      .. "-p wrangler_env= for the top-level Worker"):format(env.name)
+  end
+  return M.d1_target_where(ctx, "remote", { env = e })
 end
 
 ---"LOCAL (...)" or "REMOTE (...)": the first thing an operator reads before
@@ -106,7 +142,10 @@ function M.describe_where(t, o)
     return ("LOCAL (wrangler dev state in %s; hub %s; D1 %s --local)"):format(
       t.persist_to or "the hub's .wrangler/state", t.cwd or "(current directory)", t.database)
   end
-  return ("REMOTE (account %s; D1 database %s --remote; %s)"):format(o.account or "(wrangler names none)",
+  -- o.account: the account wrangler acts for (false: it names none; nil:
+  -- not asked, not shown)
+  local account = o.account == nil and "" or ("account " .. (o.account or "(wrangler names none)") .. "; ")
+  return ("REMOTE (%sD1 database %s --remote; %s)"):format(account,
     t.database, t.env and ("wrangler --env " .. t.env) or "top-level wrangler env (no --env)")
 end
 

@@ -119,6 +119,25 @@ describe("#hub apply-d1-migrations and release", function()
     assert.is_nil(r.wrangler:find("--local", 1, true))
   end)
 
+  it("migrate-queue-kv-to-d1 on a deployed environment names its D1 by wrangler env, or stops first", function()
+    -- runbook.lua's production names no wrangler_env: --remote alone would
+    -- migrate the top-level Worker's database, maybe not this hub's
+    local r = remote({ "run", "migrate-queue-kv-to-d1", "--env", "production", "--yes" })
+    assert.equals(1, r.code, out(r))
+    assert.matches("FAIL Show the target", r.stdout)
+    assert.matches("environment 'production' names no wrangler_env in runbook.lua", r.stdout)
+    assert.matches("pass %-p wrangler_env=NAME", r.stdout)
+    assert.is_nil(r.stdout:find("[2/7]", 1, true), "a step after the first ran")
+    assert.is_nil(r.stdout:find("KV:", 1, true), "the hub was asked for counts")
+    assert.equals("", r.wrangler)
+    -- stated, it is what every D1 line and wrangler argv says
+    local o = remote({ "run", "migrate-queue-kv-to-d1", "--env", "production", "--offline",
+      "-p", "wrangler_env=production" })
+    assert.equals(0, o.code, out(o))
+    assert.matches("d1:       REMOTE %(D1 database DB %-%-remote; wrangler %-%-env production%)", o.stdout)
+    assert.matches("REMOTE: no migrations pending", o.stdout)
+  end)
+
   it("release on production without --yes and no terminal stops before any wrangler write", function()
     local r = remote({ "run", "release", "--env", "production", "-p", "where=remote", "-p", "wrangler_env=production" })
     assert.equals(5, r.code, out(r))
