@@ -1706,8 +1706,16 @@ local HOT_B = { cat = "B", what = "writes on a hot path", home = "Durable Object
 ---the evidence, and its suggested home.
 ---@param result table  from M.scan
 ---@return table result
+-- What the evidence at each place is called in a reason; 5 is a list's
+-- prefix (place 1 of a list).
+local EVIDENCE = { "key", "function", "binding", "receiver", "list prefix" }
+
 function M.classify(result)
   local memo, lastseg = {}, {}
+  -- the reason for each (place, text): sites share keys and bindings, so
+  -- most reasons are made once
+  local said = { {}, {}, {}, {}, {} }
+  local texts = {}
   for _, s in ipairs(result.sites) do
     local R = s.receiver
     local last = R and lastseg[R]
@@ -1716,7 +1724,7 @@ function M.classify(result)
       lastseg[R] = last
     end
     -- evidence, strongest first: key (or list prefix), function, binding, receiver
-    local texts = { s.prefix or s.key, s.fn, s.binding, last }
+    texts[1], texts[2], texts[3], texts[4] = s.prefix or s.key, s.fn, s.binding, last
     local chosen, at, first_c, first_at
     for i = 1, 4 do
       local rule = rule_for(texts[i], memo)
@@ -1731,9 +1739,14 @@ function M.classify(result)
     if not chosen and first_c then chosen, at = first_c, first_at end
     local how
     if chosen then
-      local label = at == 1 and (s.op == "list" and "list prefix" or "key") or at == 2 and "function"
-        or at == 3 and "binding" or "receiver"
-      how = ('%s (%s "%s")'):format(chosen.what, label, texts[at])
+      local place = (at == 1 and s.op == "list") and 5 or at
+      local text = texts[at]
+      how = said[place][text]
+      if not how then
+        -- (the rule is a function of the text: one reason per text)
+        how = ('%s (%s "%s")'):format(chosen.what, EVIDENCE[place], text)
+        said[place][text] = how
+      end
     elseif s.hot and (s.op == "put" or s.op == "list") then
       chosen, how = HOT_B, HOT_B.what .. ": " .. s.hot
     else
