@@ -18,7 +18,6 @@
 local rb = require("runbook")
 local crypto = require("runbook.crypto")
 local secrets = require("stdlib.secrets")
-local wrangler = require("stdlib.wrangler")
 local health = require("stdlib.health")
 
 local VALUE_ENV = "PROVIDER_KEY_VALUE"
@@ -30,12 +29,6 @@ local function targets(ctx)
       ctx.env.name)
   end
   return list
-end
-
-local function label(t)
-  if t.backend == "dev_vars" then return secrets.label(t) end
-  local where = t.config or t.name or "wrangler.toml"
-  return where .. (t.env and t.env ~= "" and (" --env " .. t.env) or " (top-level env)")
 end
 
 local function from_terminal()
@@ -75,13 +68,8 @@ local function new_value(ctx)
 end
 
 local function listed(ctx, t, name)
-  local names, err
-  if t.backend == "dev_vars" then
-    names, err = secrets.list(ctx, t)
-  else
-    names, err = wrangler.secret_list(ctx, { name = t.name, config = t.config, env = t.env,
-      fixture = { code = 0, stdout = ('[{"name":"%s","type":"secret_text"}]'):format(name) } })
-  end
+  local names, err = secrets.list(ctx, t,
+    { fixture = { code = 0, stdout = ('[{"name":"%s","type":"secret_text"}]'):format(name) } })
   if not names then return nil, err end
   for _, n in ipairs(names) do if n == name then return true end end
   return false
@@ -116,7 +104,7 @@ return rb.runbook {
         local v = new_value(ctx)
         ctx:set("value", v)
         ctx:log("secret:     %s = %s", ctx.params.name, crypto.fingerprint(v))
-        for _, t in ipairs(targets(ctx)) do ctx:log("holder:     %s", label(t)) end
+        for _, t in ipairs(targets(ctx)) do ctx:log("holder:     %s", secrets.label(t)) end
         ctx:log("smoke test: %s/api/health, %s/api/health", ctx.env.url, ctx.env.worker_url or ctx.env.url)
       end,
       verify = {
@@ -127,14 +115,8 @@ return rb.runbook {
       run = function(ctx)
         local name, v = ctx.params.name, ctx:get("value")
         for _, t in ipairs(targets(ctx)) do
-          if t.backend == "wrangler" then
-            local ok, err = wrangler.secret_put(ctx, { name = t.name, config = t.config, env = t.env, key = name,
-              value = v })
-            if not ok then ctx:fail("%s on %s: %s", name, label(t), err) end
-          else
-            secrets.put(ctx, t, { [name] = v })
-          end
-          ctx:log("%s: %s set", label(t), name)
+          secrets.put(ctx, t, { [name] = v })
+          ctx:log("%s: %s set", secrets.label(t), name)
         end
       end,
       verify = {
@@ -143,10 +125,10 @@ return rb.runbook {
           local name, v = ctx.params.name, ctx:get("value")
           for _, t in ipairs(targets(ctx)) do
             local ok, err = listed(ctx, t, name)
-            if not ok then return false, label(t) .. (err and (": " .. err) or (" does not list " .. name)) end
+            if not ok then return false, secrets.label(t) .. (err and (": " .. err) or (" does not list " .. name)) end
             local vals = secrets.values(ctx, t)
             if vals and vals[name] ~= v then
-              return false, ("%s holds %s"):format(label(t), vals[name] and crypto.fingerprint(vals[name]) or "nothing")
+              return false, ("%s holds %s"):format(secrets.label(t), vals[name] and crypto.fingerprint(vals[name]) or "nothing")
             end
           end
           return true

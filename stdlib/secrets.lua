@@ -6,6 +6,7 @@
 --             `wrangler secret list` (names only; Cloudflare never shows values)
 -- Targets come from the environment in runbook.lua:
 --   workers = { { name = "orchestrator-hub", env = "production", backend = "wrangler" },
+--               { config = "wrangler.processing.toml", env = "production", backend = "wrangler" },
 --               { name = "orchestrator-hub", backend = "dev_vars", path = ".dev.vars",
 --                 restart = { ... }, health_url = "http://127.0.0.1:8787/api/health" } }
 -- Every value read or written is registered as a secret (masked everywhere).
@@ -18,10 +19,11 @@ local M = {}
 
 local MODE_0600 = tonumber("600", 8)
 
----A target's display name: "orchestrator-hub" or "orchestrator-hub --env production".
+---A target's display name: "orchestrator-hub --env production", or its
+---wrangler config when it has one ("wrangler.processing.toml (top-level env)").
 function M.label(t)
   if t.backend == "dev_vars" then return (t.name or "hub") .. " (local .dev.vars)" end
-  return (t.name or "?") .. (t.env and t.env ~= "" and (" --env " .. t.env) or " (top-level env)")
+  return (t.config or t.name or "?") .. (t.env and t.env ~= "" and (" --env " .. t.env) or " (top-level env)")
 end
 
 ---The environment's secret holders (Worker environments).
@@ -94,7 +96,8 @@ function M.put(ctx, t, kv)
     end
   elseif t.backend == "wrangler" then
     for _, k in ipairs(names) do
-      local ok, err = wrangler.secret_put(ctx, { name = t.name, env = t.env, key = k, value = kv[k] })
+      local ok, err = wrangler.secret_put(ctx, { name = t.name, config = t.config, env = t.env, key = k,
+        value = kv[k] })
       if not ok then ctx:fail("%s on %s: %s", k, M.label(t), err) end
     end
   else
@@ -103,8 +106,9 @@ function M.put(ctx, t, kv)
   return names
 end
 
----Secret names a target holds (sorted).
-function M.list(ctx, t)
+---Secret names a target holds (sorted). o.fixture: what an offline run's
+---`wrangler secret list` answers (default the target's own fixture).
+function M.list(ctx, t, o)
   if t.backend == "dev_vars" then
     local doc, err = M.read_env_file(ctx, t.path, { missing_ok = true })
     if not doc then return nil, err end
@@ -112,7 +116,8 @@ function M.list(ctx, t)
     table.sort(keys)
     return keys
   end
-  return wrangler.secret_list(ctx, { name = t.name, env = t.env, fixture = t.fixture })
+  return wrangler.secret_list(ctx, { name = t.name, config = t.config, env = t.env,
+    fixture = o and o.fixture or t.fixture })
 end
 
 ---Values a target lets us read (dev_vars only); nil for wrangler.
