@@ -1,8 +1,8 @@
 -- migration.lua — seed 004's one-off move of the queue from KV to D1, as
 -- steps can drive it: the D1 schema (`wrangler d1 migrations list/apply`,
 -- always --local or --remote, never a default), one page of the hub's
--- migrate-{tasks,results}-kv-to-d1 endpoints (retried on 429/5xx, honouring
--- Retry-After), the page loop with its cursor checkpointed after every page,
+-- migrate-{tasks,results}-kv-to-d1 endpoints (retried on 429/5xx and dropped
+-- connections, honouring Retry-After), the page loop with its cursor checkpointed after every page,
 -- and the counts that say whether KV and D1 reconcile.
 --
 --   local migration = require("stdlib.migration")
@@ -17,7 +17,6 @@
 local cjson = require("cjson.safe")
 local wrangler = require("stdlib.wrangler")
 local project = require("runbook.project")
-local poll = require("stdlib.poll")
 
 local M = {}
 
@@ -181,45 +180,28 @@ function M.counts(ctx, key, o)
   return b
 end
 
-local RETRYABLE = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
-
----One page: POST {limit, cleanup, cursor}. Retries a 429/5xx or a dropped
----connection (attempts, backoff, Retry-After capped at 30 s); a 401 or any
----other answer fails at once. Returns the decoded page or nil, err.
+---One page: POST {limit, cleanup, cursor}. A 429/5xx or a dropped
+---connection is retried (ctx:try_http: o.attempts, backoff from o.every
+---seconds, Retry-After capped at 30 s) — safe, the hub inserts per id with
+---INSERT OR IGNORE; a 401 or any other answer fails at once. Returns the
+---decoded page or nil, err.
 function M.page(ctx, o)
   local url = ("%s/api/admin/queue/migrate-%s-kv-to-d1"):format(ctx.env.url, o.kind)
   local body = cjson.encode({ limit = o.limit, cleanup = o.cleanup == true, cursor = o.cursor or cjson.null })
-  local attempts, last = o.attempts or 4, nil
-  local page
-  local ok = poll.wait(function()
-    local resp, err = ctx:try_http({ method = "POST", url = url, headers = headers(o.key), body = body,
-      timeout = o.timeout or 120,
-      -- dry-run/offline: the hub is not asked; the loop ends after one page
-      simulate = { status = 200, json = { kind = o.kind, migrated = 0, skipped = 0, invalid = 0, scanned = 0,
-        cleaned = 0, cursor = cjson.null, done = true, simulated = true } } })
-    if not resp then
-      last = err
-      return false, err
-    end
-    if resp.status == 200 then
-      page = cjson.decode(resp.body or "")
-      if type(page) ~= "table" then page, last = nil, "HTTP 200 but the answer is not JSON" end
-      return true
-    end
-    last = ("HTTP %d %s"):format(resp.status, body_error(resp))
-    if not RETRYABLE[resp.status] then return true end
-    attempts = attempts - 1
-    if attempts <= 0 then
-      last = last .. (" (%d attempts)"):format(o.attempts or 4)
-      return true
-    end
-    ctx:log("page %d of %s: %s; trying again", o.number or 0, o.kind, last)
-    return false, last, poll.retry_after(resp.headers)
-  end, { every = o.every or 1, backoff = 2, max_every = 15, timeout = o.retry_for or 120, retry_after_cap = 30,
-    sleep = function(s) ctx:sleep(s) end })
-  if page then return page end
-  if ok == false then last = (last or "no answer") .. " (gave up retrying)" end
-  return nil, ("POST %s: %s"):format(url, tostring(last))
+  local resp, err = ctx:try_http({ method = "POST", url = url, headers = headers(o.key), body = body,
+    timeout = o.timeout or 120,
+    retry = { attempts = o.attempts or 4, base = o.every or 1, cap = 15, max_wait = 30, transport = true },
+    -- dry-run/offline: the hub is not asked; the loop ends after one page
+    simulate = { status = 200, json = { kind = o.kind, migrated = 0, skipped = 0, invalid = 0, scanned = 0,
+      cleaned = 0, cursor = cjson.null, done = true, simulated = true } } })
+  if not resp then return nil, ("POST %s: %s"):format(url, err) end
+  if resp.status ~= 200 then
+    return nil, ("POST %s: HTTP %d %s%s"):format(url, resp.status, body_error(resp),
+      (resp.attempts or 1) > 1 and (" (%d attempts)"):format(resp.attempts) or "")
+  end
+  local page = cjson.decode(resp.body or "")
+  if type(page) ~= "table" then return nil, ("POST %s: HTTP 200 but the answer is not JSON"):format(url) end
+  return page
 end
 
 ---A fresh page loop state.
@@ -253,7 +235,7 @@ function M.pages(ctx, o)
         o.kind, st.pages)
     end
     local page, err = M.page(ctx, { kind = o.kind, key = o.key, limit = o.limit, cleanup = o.cleanup,
-      cursor = st.cursor, number = st.pages + 1 })
+      cursor = st.cursor })
     if not page then
       ctx:fail("%s page %d: %s (%s)", o.kind, st.pages + 1, err, st.pages == 0 and "no page of it is done yet"
         or ("pages 1-%d are journaled; resuming continues after them"):format(st.pages))

@@ -309,12 +309,16 @@ function Ctx:try_http(req)
     r.timeout = self:_timeout(req.timeout or 30)
     resp, err, code = http.request(r)
     self:_safe_point()
-    if not (policy and resp and RETRY_STATUS[resp.status]) or attempt == policy.attempts then break end
-    local wait, why = retry_wait(policy, attempt, resp)
-    self:log("%s: HTTP %d; retry %d of %d in %.1f s (%s)", summary, resp.status, attempt, policy.attempts - 1, wait, why)
+    local again = policy and (resp and RETRY_STATUS[resp.status] or (not resp and policy.transport))
+    if not again or attempt == policy.attempts then break end
+    local wait, why = retry_wait(policy, attempt, resp or {})
+    self:log("%s: %s; retry %d of %d in %.1f s (%s)", summary, resp and ("HTTP " .. resp.status) or redact.mask(err),
+      attempt, policy.attempts - 1, wait, why)
     if not self:_sleep(wait) then self:_safe_point() end
   end
-  if not resp then return nil, redact.mask(err), code end
+  if not resp then
+    return nil, redact.mask(err) .. (tries > 1 and (" (%d attempts)"):format(tries) or ""), code
+  end
   resp.attempts = tries
   return resp
 end

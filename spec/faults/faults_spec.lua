@@ -88,6 +88,19 @@ describe("fault matrix", function()
       assert.truthy(resume_id(r))
     end)
 
+    it("connection refused, retried when the call says it is safe: each try a line, then the count", function()
+      local r = run_faults(dir, { url = "http://127.0.0.1:9/doc", transport = true })
+      assert.equals(1, r.code)
+      no_traceback(r)
+      local retries = 0
+      for _ in r.stdout:gmatch("GET http://127%.0%.0%.1:9/doc: [^\n]*[Cc]onnect[^\n]*; retry %d of 3 in [%d.]+ s %(backoff%)") do
+        retries = retries + 1
+      end
+      assert.equals(3, retries, r.stdout)
+      assert.matches("[Cc]onnect[^\n]* %(4 attempts%)", r.stdout)
+      assert.truthy(resume_id(r))
+    end)
+
     it("a stalled server: the request times out at its limit, no hang", function()
       local r = run_faults(dir, { url = srv.url .. "/stall", timeout = 1 }, { timeout = 60 })
       assert.equals(1, r.code)

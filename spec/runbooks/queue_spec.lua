@@ -169,7 +169,7 @@ describe("#hub queue and session runbooks", function()
         admin("/api/admin/faults", { path_prefix = "/api/admin/queue/migrate-results", count = 100, status = 503 })
         local r = L:run({ "run", "migrate-queue-kv-to-d1", "-p", "limit=1000" })
         assert.equals(1, r.code, out(r))
-        assert.matches("page 1 of tasks: HTTP 503 injected fault; trying again", r.stdout)
+        assert.matches("migrate%-tasks%-kv%-to%-d1: HTTP 503; retry 1 of 3 in 1%.0 s %(Retry%-After%)", r.stdout)
         assert.matches("tasks: 3 pages, 2501 scanned, 2500 migrated", r.stdout)
         assert.matches("results page 1: POST [^ ]+/api/admin/queue/migrate%-results%-kv%-to%-d1: HTTP 503 " ..
           "injected fault %(4 attempts%) %(no page of it is done yet%)", r.stdout)
