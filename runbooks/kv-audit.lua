@@ -14,16 +14,10 @@ local kvaudit = require("stdlib.kvaudit")
 -- A resumed run scans again: it is cheap and reads only.
 local results = {}
 
-local function split(list)
-  local out = {}
-  for w in (list or ""):gmatch("[^,%s]+") do out[#out + 1] = w end
-  return out
-end
-
 local function scan(ctx)
   local p = ctx.params
   local r, err = kvaudit.scan(p.root, {
-    exclude = p.exclude, bindings = split(p.bindings),
+    exclude = p.exclude, bindings = kvaudit.list_option(p.bindings),
     progress = function(done, total) ctx:progress(done, total, "files") end,
   })
   if not r then ctx:fail("%s", err) end

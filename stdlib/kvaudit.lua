@@ -409,6 +409,23 @@ end
 
 -- ------------------------------------------------------------------ globs
 
+---A list option as given: "a, b,c" (a -p value) → { "a", "b", "c" }; a
+---list is copied as it is; nil → {}.
+---@param v string|string[]|nil
+---@return string[]
+function M.list_option(v)
+  local out = {}
+  if type(v) == "string" then
+    for w in v:gmatch("[^,]+") do
+      w = w:match("^%s*(.-)%s*$")
+      if w ~= "" then out[#out + 1] = w end
+    end
+  else
+    for _, w in ipairs(v or {}) do out[#out + 1] = w end
+  end
+  return out
+end
+
 local function glob_to_pattern(g)
   local p = g:gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0")
   p = p:gsub("%*%*", "\1"):gsub("%*", "[^/]*"):gsub("%?", "[^/]"):gsub("\1", ".*")
@@ -440,12 +457,7 @@ end
 ---@param globs string|string[]|nil
 ---@return fun(path: string): string|nil  the glob that matched
 function M.glob_matcher(globs)
-  local list = {}
-  if type(globs) == "string" then
-    for g in globs:gmatch("[^,]+") do list[#list + 1] = g:match("^%s*(.-)%s*$") end
-  else
-    for _, g in ipairs(globs or {}) do list[#list + 1] = g end
-  end
+  local list = M.list_option(globs)
   local compiled = {}
   for _, g in ipairs(list) do
     if g ~= "" then
@@ -719,16 +731,6 @@ local function ident_def(F, X, depth)
   return res
 end
 
--- Names typed KVNamespace in this file (interface Env { CACHE: KVNamespace }).
-local function typed_kv(F)
-  if F.typed == nil then
-    F.typed = {}
-    if find(F.text, "KVNamespace", 1, true) then
-      for name in gmatch(F.text, "([%w_$]+)%s*%??%s*:%s*KVNamespace%f[^%w_$]") do F.typed[name] = true end
-    end
-  end
-  return F.typed
-end
 
 -- What receiver R is: { kv = true, binding, via, how } or { kv = false, reason }.
 resolve = function(F, R, depth)
@@ -773,7 +775,7 @@ resolve = function(F, R, depth)
         res = { kv = true, binding = L, via = "global", how = "global binding " .. L .. " (service-worker syntax)" }
       elseif kv_named(L) then
         res = { kv = true, binding = L, via = "named", how = L .. " is named like a KV namespace" }
-      elseif typed_kv(F)[L] then
+      elseif F.types and F.types[L] == "KVNamespace" then -- (interface Env { CACHE: KVNamespace })
         res = { kv = true, binding = L, via = "typed", how = L .. " is typed KVNamespace" }
       else
         res = nonkv(("receiver %s is not env.BINDING, an alias of one, a declared binding, or named/typed like a KV namespace")
@@ -1237,7 +1239,8 @@ function M.analyze(text, path, A)
   if n == 0 then return sites, excluded, facts end
 
   -- pass 1: what each receiver is (memoised per receiver: cheap)
-  local F = setmetatable({ text = text, memo = {}, defs = {}, assigns = {}, heads = {}, A = A }, File)
+  local F = setmetatable({ text = text, memo = {}, defs = {}, assigns = {}, heads = {}, A = A, types = facts.types },
+    File)
   local res, recv = {}, {}
   local last_kv = 0
   for i = 1, n do
@@ -1484,13 +1487,7 @@ function M.scan(root, opts)
   local skip = append(append(append({}, M.SKIP_DIRS), cfg.skip_dirs), opts.skip_dirs)
   local paths, werr, wcode = fs.walk(root, { skip = skip })
   if not paths then return nil, ("walk %s: %s (%s)"):format(root, werr, wcode) end
-  local globs = append({}, cfg.exclude)
-  if type(opts.exclude) == "string" then
-    for g in opts.exclude:gmatch("[^,]+") do globs[#globs + 1] = g:match("^%s*(.-)%s*$") end
-  else
-    append(globs, opts.exclude)
-  end
-  local excluded_by = M.glob_matcher(globs)
+  local excluded_by = M.glob_matcher(append(append({}, cfg.exclude), M.list_option(opts.exclude)))
 
   -- what bindings are: configuration first, then wrangler configs
   local kinds = {}
@@ -1646,7 +1643,6 @@ local WORD_RULE = {}
 for _, rule in ipairs(M.RULES) do
   for _, w in ipairs(rule.words) do WORD_RULE[w] = WORD_RULE[w] or rule end
 end
-M.CATEGORY_NAMES = { A = "control plane", B = "high frequency", C = "cache" }
 
 local function rule_for(text, memo)
   if not text or text == "" then return nil end
