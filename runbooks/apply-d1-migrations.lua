@@ -63,9 +63,7 @@ return rb.runbook {
         if #pending == 0 then ctx:log("none pending") end
         for _, name in ipairs(pending) do ctx:log("pending: %s", name) end
       end,
-      verify = {
-        rb.check("wrangler listed the migrations", function(ctx) return type(ctx:get("pending")) == "table" end),
-      },
+      no_verify = "lists only (a failed listing fails the step); the apply step checks none is left",
       hint = "wrangler must run in the directory of the wrangler.toml that binds DB (hub_dir or wrangler_cwd).",
     },
     rb.step "Apply them" {

@@ -67,9 +67,7 @@ return rb.runbook {
         ctx:log("%d session(s) processing for more than %g min", #stuck, minutes)
         ctx:set("stuck", stuck)
       end,
-      verify = {
-        rb.check("the hub listed the processing sessions", function(ctx) return ctx:get("stuck") ~= nil end),
-      },
+      no_verify = "reads only (a failed listing fails the step); the last step judges",
     },
     rb.step "Read why failed sessions failed" {
       run = function(ctx)
@@ -89,9 +87,7 @@ return rb.runbook {
         ctx:log("%d failed session(s)", #list)
         ctx:set("failed", failed)
       end,
-      verify = {
-        rb.check("the hub listed the failed sessions", function(ctx) return ctx:get("failed") ~= nil end),
-      },
+      no_verify = "reads only (a failed listing fails the step); the last step judges",
     },
     rb.step "Map each finding to the command that fixes it" {
       run = function(ctx)

@@ -142,12 +142,7 @@ return rb.runbook {
         end
         ctx:set("target", t)
       end,
-      verify = {
-        rb.check("the target is confirmed (a remote script by its name; LOCAL asks nothing)", function(ctx)
-          local t = ctx:get("target")
-          return t.where == "local" or t.confirmed == true, "not confirmed"
-        end),
-      },
+      no_verify = "resolves and confirms only (a remote script not confirmed by its name stops here); nothing changes yet",
       hint = "Compare the script and URL with what you mean to release: -p wrangler_env=canary for " ..
         "orchestrator-hub-canary, -p wrangler_env= for orchestrator-hub; -p url= when runbook.lua's is not its URL.",
     },

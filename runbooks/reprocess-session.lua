@@ -56,9 +56,7 @@ return rb.runbook {
         show(ctx, s)
         ctx:set("status_before", s.status)
       end,
-      verify = {
-        rb.check("the session exists", function(ctx) return ctx:get("status_before") ~= nil end),
-      },
+      no_verify = "reads only (a missing session fails the step)",
       hint = "404 'Session not found' is a data problem: look the session up in D1; reprocessing cannot help.",
     },
     rb.step "Ask for reprocessing" {
@@ -77,12 +75,7 @@ return rb.runbook {
             resp.status)
         end
       end,
-      verify = {
-        rb.check("the hub accepted the request", function(ctx)
-          local s = ctx:get("reprocess_status")
-          return s == 202 or s == 200, "HTTP " .. tostring(s)
-        end),
-      },
+      no_verify = "the next step waits for the outcome (any answer but 200/202 fails this one)",
     },
     rb.step "Wait until the session is processed or failed" {
       run = function(ctx)

@@ -107,9 +107,7 @@ return rb.runbook {
         for _, t in ipairs(targets(ctx)) do ctx:log("holder:     %s", secrets.label(t)) end
         ctx:log("smoke test: %s/api/health, %s/api/health", ctx.env.url, ctx.env.worker_url or ctx.env.url)
       end,
-      verify = {
-        rb.check("there is a holder to update", function(ctx) return #targets(ctx) > 0 end),
-      },
+      no_verify = "shows only (no holder, or no value, fails the step); nothing changes yet",
     },
     rb.step "Put the key on every worker config" {
       run = function(ctx)
