@@ -3,10 +3,12 @@
 -- A value becomes secret when it comes from a secret param, a key in an env
 -- file or ctx:secret(). Everything the tool writes (terminal, journal, JSON,
 -- JUnit, error messages, child output) goes through mask(), which replaces
--- the value and its encoded forms — hex, URL-encoded, base64 (standard and
--- URL alphabets, at every byte alignment, so base64 of "prefix..secret..
--- suffix" is caught too) — with a fingerprint "[sha256:1a2b3c4d]" that lets
--- two places be compared without showing either.
+-- the value and its encoded forms — hex, URL-encoded (reserved bytes or
+-- encodeURIComponent's set, either case of hex), JSON-escaped, base64
+-- (standard and URL alphabets, at every byte alignment, so base64 of
+-- "prefix..secret..suffix" is caught too) — with a fingerprint
+-- "[sha256:1a2b3c4d]" that lets two places be compared without showing
+-- either.
 
 local M = {}
 
@@ -28,10 +30,13 @@ function M.fingerprint(value)
   return "sha256:" .. c.hex(c.sha256(value)):sub(1, 8)
 end
 
-local function urlencode(s, plus)
-  return (s:gsub("[^%w%-%._~]", function(ch)
+-- keep: the bytes left as they are (RFC 3986 unreserved; JavaScript's
+-- encodeURIComponent also keeps !'()*); lower: %2f instead of %2F
+local function urlencode(s, plus, keep, lower)
+  local fmt = lower and "%%%02x" or "%%%02X"
+  return (s:gsub(keep or "[^%w%-%._~]", function(ch)
     if plus and ch == " " then return "+" end
-    return ("%%%02X"):format(ch:byte())
+    return fmt:format(ch:byte())
   end))
 end
 
@@ -56,8 +61,18 @@ function M.add(value)
   add_form(seen, value, rep)
   add_form(seen, c.hex(value), rep)
   add_form(seen, c.hex(value):upper(), rep)
-  add_form(seen, urlencode(value, false), rep)
-  add_form(seen, urlencode(value, true), rep)
+  -- URL-encoded as servers and clients do it: every reserved byte, or
+  -- encodeURIComponent's way; upper- or lower-case hex; space as + in forms
+  for _, keep in ipairs({ "[^%w%-%._~]", "[^%w%-%._~!'()*]" }) do
+    for _, lower in ipairs({ false, true }) do
+      add_form(seen, urlencode(value, false, keep, lower), rep)
+      add_form(seen, urlencode(value, true, keep, lower), rep)
+    end
+  end
+  -- inside a JSON string (a value journaled or printed as JSON): cjson
+  -- escapes / " \ and control bytes
+  local json = require("cjson").encode(value)
+  add_form(seen, json:sub(2, -2), rep)
   -- base64: inside a larger encoded blob the value starts at byte 0, 1 or
   -- 2 of a 3-byte group. At each alignment, the characters whose 6 bits all
   -- come from the value encode the same whatever surrounds it: that run is

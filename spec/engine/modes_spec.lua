@@ -59,7 +59,8 @@ describe("modes and secrets", function()
     local c = require("runbook.crypto.core")
     local token = "tk/" .. c.hex(c.random(20)) .. "+=&"
     local forms = { raw = token, b64 = c.b64(token), hex = c.hex(token),
-      url = (token:gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end)) }
+      url = (token:gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end)),
+      json = (token:gsub("/", "\\/")) } -- as cjson writes it inside a JSON string
     local j = dir .. "/j.db"
     local outputs = {}
     for _, extra in ipairs({ {}, { "--json", "--junit", dir .. "/junit.xml" } }) do

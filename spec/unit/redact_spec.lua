@@ -40,6 +40,27 @@ describe("redact", function()
     end
   end)
 
+  it("masks the value escaped inside JSON and URL-encoded the ways clients do", function()
+    local s = "tok/" .. crypto.hex(crypto.random(8)) .. "+a b\"c\\d!*'()"
+    redact.add(s)
+    local js = require("cjson").encode({ v = s })
+    assert.truthy(js:find("\\/", 1, true)) -- cjson escapes the slash
+    assert.equals('{"v":"[' .. redact.fingerprint(s) .. ']"}', redact.mask(js))
+    local function enc(keep, fmt, plus)
+      return (s:gsub(keep, function(ch)
+        if plus and ch == " " then return "+" end
+        return fmt:format(ch:byte())
+      end))
+    end
+    for _, form in ipairs({
+      enc("[^%w%-%._~]", "%%%02X"), enc("[^%w%-%._~]", "%%%02x"), enc("[^%w%-%._~]", "%%%02X", true),
+      enc("[^%w%-%._~!'()*]", "%%%02X"), -- encodeURIComponent
+      enc("[^%w%-%._~!'()*]", "%%%02x", true),
+    }) do
+      assert.equals("q=[" .. redact.fingerprint(s) .. "]&", redact.mask("q=" .. form .. "&"), form)
+    end
+  end)
+
   it("masks inside nested tables, keys included, without touching the original", function()
     local s = "hunter2-hunter2"
     redact.add(s)
