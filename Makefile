@@ -46,7 +46,7 @@ BIN ?= runbook
 OBJ := $(patsubst host/%.c,$(B)/obj/%.o,$(BIN_C)) $(B)/obj/embed.o
 SOS := $(foreach m,$(MODS),$(B)/mod/runbook/$(m)/core.so)
 
-.PHONY: all deps test asan lint bench clean help demo check-c hub-deps valgrind fuzz
+.PHONY: all deps test asan tsan lint bench clean help demo check-c hub-deps valgrind fuzz
 
 all: $(BIN) $(SOS)
 
@@ -120,6 +120,15 @@ asan:
 	$(Q)$(MAKE) --no-print-directory B=build/asan BIN=build/asan/runbook CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" all
 	$(Q)spec/helpers/asan-run.sh $(abspath build/asan/runbook) $(BUSTED_ARGS)
 
+# ThreadSanitizer on what runs on several threads: the worker module and
+# kv-audit's parallel scan (library and runbook)
+TSAN_FLAGS := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+TSAN_SPECS := spec/host/worker_spec.lua spec/kvaudit
+tsan:
+	$(Q)$(MAKE) --no-print-directory B=build/tsan BIN=build/tsan/runbook CFLAGS="$(TSAN_FLAGS)" LDFLAGS="-fsanitize=thread" all
+	$(Q)TSAN_OPTIONS=halt_on_error=1:exitcode=66 RUNBOOK_BIN=$(abspath build/tsan/runbook) \
+	  build/tsan/runbook exec spec/helpers/busted.lua $(TSAN_SPECS)
+
 # valgrind on scripts that touch every C module and on journaled runbook runs
 valgrind: all
 	$(Q)RUNBOOK_BIN=$(abspath $(BIN)) ./$(BIN) exec .ci/valgrind.lua
@@ -181,6 +190,7 @@ help:
 	@echo "make        build ./runbook and its C modules"
 	@echo "make test   run the specs (busted inside ./runbook)"
 	@echo "make asan   the same specs on an ASan+UBSan build"
+	@echo "make tsan   the threaded parts (worker, kv-audit scan) on a ThreadSanitizer build"
 	@echo "make lint   luacheck + C warnings as errors"
 	@echo "make fuzz   libFuzzer harnesses of the C parsers, FUZZ_SECONDS each (default 20)"
 	@echo "make bench  benchmarks against curl / lua / wrk (writes docs/BENCH.md)"

@@ -6,8 +6,8 @@
  *       malloc heap with memory now, in one madvise(MADV_POPULATE_WRITE),
  *       instead of one page fault per page as each is first touched.
  *       false and why when it cannot: the kernel lacks MADV_POPULATE_WRITE
- *       (before Linux 5.14), or malloc is AddressSanitizer's (whose heap
- *       this does not reach); nothing else changes then.
+ *       (before Linux 5.14), or malloc is a sanitizer's (ASan, TSan: their
+ *       heap this does not reach); nothing else changes then.
  *
  * Why: on the VMs runbook is measured on (Firecracker guests), a page
  * fault costs ~12 us, populating a page ~1 us. A `runbook run` touches
@@ -48,9 +48,9 @@ static void tune_malloc(void) {
 static int h_reserve(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 0 && n <= RESERVE_MAX, 1, "bytes must be between 0 and 16 MiB");
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   lua_pushboolean(L, 0);
-  lua_pushliteral(L, "heap.reserve: not with AddressSanitizer's malloc");
+  lua_pushliteral(L, "heap.reserve: not with a sanitizer's malloc");
   return 2;
 #endif
   pthread_once(&tuned, tune_malloc);
