@@ -16,7 +16,8 @@
 --
 -- wrangler runs in its own process group (runbook.proc spawns it so) and
 -- starts workerd and esbuild in that group; stop() ends the whole group and
--- waits until no member is left running.
+-- waits until no member is left running. A guard (M.guard) ends the group
+-- too if the spec runner dies without stopping it.
 --
 -- Everything the OS offers is used through runbook.proc / runbook.fs /
 -- runbook.term (cores) and runbook.http when loadable, with shell / curl
@@ -227,6 +228,23 @@ local function group_members(pgid, zombies)
   return out
 end
 
+M.group_members = group_members
+
+-- A guard for process group `pgid`: a sh loop in a group of its own that
+-- checks each second that `owner` (default: this process) still lives, and
+-- once it is gone (the spec runner killed, or stopped with Ctrl-C, which
+-- does not reach the hub's own group) sends the group TERM, then KILL. As
+-- stdlib/service does for supervisors with RUNBOOK_SUPERVISOR_OWNER.
+-- Returns the guard's Process: stop it when the group was stopped normally.
+function M.guard(pgid, owner)
+  local p = assert(proc(), "hub.guard needs runbook.proc")
+  owner = owner or p.getpid()
+  -- (dash's kill takes -PGID, not "-- -PGID")
+  local script = "while kill -0 $1 2>/dev/null; do sleep 1; done; kill -TERM -$2 2>/dev/null; " ..
+    "sleep 2; kill -KILL -$2 2>/dev/null"
+  return assert(p.spawn({ argv = { "sh", "-c", script, "hub-guard", tostring(owner), tostring(pgid) } }))
+end
+
 -- Start wrangler dev in the background; returns a handle {pid, running(), stop()}.
 local function spawn(argv, cwd, env_add, log_path)
   local p = proc()
@@ -234,10 +252,14 @@ local function spawn(argv, cwd, env_add, log_path)
     local h, err = p.spawn({ argv = argv, cwd = cwd, env_add = env_add,
       stdout = log_path, stderr = log_path, append = true })
     assert(h, err)
+    local guard = M.guard(h:pid())
     return {
       pid = h:pid(),
       running = function() return h:running() end,
-      stop = function() h:stop(5) end,
+      stop = function()
+        h:stop(5)
+        guard:stop(0)
+      end,
     }
   end
   -- fallback: setsid makes the child a process-group leader like proc.spawn
@@ -252,7 +274,7 @@ local function spawn(argv, cwd, env_add, log_path)
     pid = pid,
     running = function() return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end,
     stop = function()
-      os.execute(("kill -TERM -- -%d 2>/dev/null"):format(pid))
+      os.execute(("kill -TERM -%d 2>/dev/null"):format(pid))
       for _ = 1, 50 do
         if #group_members(pid) == 0 then return end
         sleep(0.1)
@@ -360,7 +382,7 @@ local function halt(self, final)
   p.stop()
   for _ = 1, 50 do
     if #group_members(p.pid) == 0 then break end
-    os.execute(("kill -KILL -- -%d 2>/dev/null"):format(p.pid))
+    os.execute(("kill -KILL -%d 2>/dev/null"):format(p.pid))
     sleep(0.1)
   end
   -- workerd exits after wrangler and is reaped by init: give that a moment
