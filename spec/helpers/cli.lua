@@ -51,4 +51,16 @@ function M.slurp(path)
   return s
 end
 
+---Poll fn every 50 ms until it returns true or `secs` have passed; its
+---last answer.
+function M.wait_until(fn, secs)
+  local term = require("runbook.term.core")
+  local t_end = term.monotonic() + secs
+  while term.monotonic() < t_end do
+    if fn() then return true end
+    term.sleep(0.05)
+  end
+  return fn()
+end
+
 return M

@@ -10,13 +10,7 @@ local term = require("runbook.term.core")
 -- members that run (an orphan's zombie can wait a while for init here)
 local function group_alive(pgid) return #hub.group_members(pgid) > 0 end
 
-local function wait_until(fn, secs)
-  for _ = 1, math.floor(secs / 0.1) do
-    if fn() then return true end
-    term.sleep(0.1)
-  end
-  return fn()
-end
+local wait_until = require("spec.helpers.cli").wait_until
 
 describe("hub guard", function()
   it("leaves the group alone while the owner lives, and ends all of it once the owner is gone", function()

@@ -6,13 +6,7 @@ local service = require("stdlib.service")
 local term = require("runbook.term.core")
 local BIN = os.getenv("RUNBOOK_BIN") or "./runbook"
 
-local function wait_until(fn, secs)
-  for _ = 1, math.floor(secs / 0.05) do
-    if fn() then return true end
-    term.sleep(0.05)
-  end
-  return fn()
-end
+local wait_until = require("spec.helpers.cli").wait_until
 
 describe("service.supervise with an owner", function()
   it("keeps its child running while the owner lives, and stops both once the owner is gone", function()
