@@ -256,6 +256,10 @@ end
 -- (refused, timeout, TLS) are not retried: they are reported at once.
 local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
 local RETRY_DEFAULT = { attempts = 4, base = 0.5, cap = 8, max_wait = 60 }
+-- with transport = true: a refused or dropped connection (runbook.http's
+-- codes). Not a timeout (the request may still be running there, and each
+-- try would wait the whole timeout again), nor TLS, DNS or size failures.
+local RETRY_TRANSPORT = { ECONNREFUSED = true, EHTTP = true }
 
 local function retry_policy(opt, read)
   if opt == false or (opt == nil and not read) then return nil end
@@ -309,7 +313,8 @@ function Ctx:try_http(req)
     r.timeout = self:_timeout(req.timeout or 30)
     resp, err, code = http.request(r)
     self:_safe_point()
-    local again = policy and (resp and RETRY_STATUS[resp.status] or (not resp and policy.transport))
+    local again = policy and (resp and RETRY_STATUS[resp.status] or (not resp and policy.transport
+      and RETRY_TRANSPORT[code]))
     if not again or attempt == policy.attempts then break end
     local wait, why = retry_wait(policy, attempt, resp or {})
     self:log("%s: %s; retry %d of %d in %.1f s (%s)", summary, resp and ("HTTP " .. resp.status) or redact.mask(err),

@@ -99,6 +99,11 @@ describe("fault matrix", function()
       assert.equals(3, retries, r.stdout)
       assert.matches("[Cc]onnect[^\n]* %(4 attempts%)", r.stdout)
       assert.truthy(resume_id(r))
+      -- a timeout is not: the request may still be running there
+      local t = run_faults(dir, { url = srv.url .. "/stall", timeout = 1, transport = true }, { timeout = 60 })
+      assert.equals(1, t.code)
+      assert.matches("[Tt]imed out after 1%d%d%d milliseconds", t.stdout)
+      assert.is_nil(t.stdout:find("retry 1 of", 1, true), t.stdout)
     end)
 
     it("a stalled server: the request times out at its limit, no hang", function()
