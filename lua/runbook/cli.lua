@@ -175,7 +175,12 @@ local function describe_param(p)
   if p.default ~= nil then
     bits[#bits + 1] = "default " .. (p.type == "secret" and "(secret, not shown)" or tostring(p.default))
   end
-  if p.env then bits[#bits + 1] = "or $" .. p.env end
+  if p.type == "secret" then
+    -- `run` refuses it on -p (see secret_words)
+    bits[#bits + 1] = p.env and ("from $" .. p.env .. " (not -p)") or "not from -p"
+  elseif p.env then
+    bits[#bits + 1] = "or $" .. p.env
+  end
   return table.concat(bits, ", ")
 end
 
