@@ -18,21 +18,15 @@
 -- starts workerd and esbuild in that group; stop() ends the whole group and
 -- waits until no member is left running. A guard (M.guard) ends the group
 -- too if the spec runner dies without stopping it.
---
--- Everything the OS offers is used through runbook.proc / runbook.fs /
--- runbook.term (cores) and runbook.http when loadable, with shell / curl
--- fallbacks so the helper also works while those modules are being written.
 local cjson = require("cjson.safe")
+local proc = require("runbook.proc")
+local fs = require("runbook.fs")
+local term = require("runbook.term.core")
+local http = require("runbook.http")
 
 local M = {}
 
 local HERE = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")) or "spec/helpers"
-
-local function has(modname, fn)
-  local ok, mod = pcall(require, modname)
-  if ok and type(mod) == "table" and (fn == nil or type(mod[fn]) == "function") then return mod end
-  return nil
-end
 
 local function shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
@@ -48,62 +42,23 @@ end
 
 local function abspath(p)
   if p:sub(1, 1) == "/" then return p end
-  local fs = has("runbook.fs.core", "getcwd")
-  local cwd = fs and fs.getcwd() or (popen_read("pwd") or ""):gsub("%s+$", "")
-  return cwd .. "/" .. p
+  return assert(fs.getcwd()) .. "/" .. p
 end
 
 --- The hub's sources (examples/hub), absolute.
 M.SRC = abspath(HERE .. "/../../examples/hub"):gsub("/spec/helpers/%.%./%.%./", "/")
 
-local function now()
-  local term = has("runbook.term.core", "monotonic")
-  if term then return term.monotonic() end
-  return os.time()
-end
-
-local function sleep(s)
-  local term = has("runbook.term.core", "sleep")
-  if term then term.sleep(s) else os.execute(("sleep %.2f"):format(s)) end
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
--- The proc module: the face when it has spawn, else the core, else nil.
-local function proc()
-  return has("runbook.proc", "spawn") or has("runbook.proc.core", "spawn")
-end
+local now, sleep = term.monotonic, term.sleep
+local function read(path) return (fs.read(path)) end
+local exists = fs.exists
 
 -- Run an argv to completion; returns ok, combined output.
 local function run(argv, opts)
   opts = opts or {}
-  local p = proc()
-  if p and p.run then
-    local r, err = p.run({ argv = argv, cwd = opts.cwd, env_add = opts.env_add,
-      timeout = opts.timeout or 120, stdout = "capture", stderr = "capture" })
-    if not r then return false, err end
-    return r.code == 0, (r.stdout or "") .. (r.stderr or "")
-  end
-  local parts = {}
-  for k, v in pairs(opts.env_add or {}) do parts[#parts + 1] = k .. "=" .. shell_quote(v) end
-  for _, a in ipairs(argv) do parts[#parts + 1] = shell_quote(a) end
-  local cmd = (opts.cwd and ("cd " .. shell_quote(opts.cwd) .. " && ") or "")
-    .. "env " .. table.concat(parts, " ") .. " 2>&1; echo \"rc=$?\""
-  local out = popen_read(cmd) or "rc=1"
-  local rc = tonumber(out:match("rc=(%d+)%s*$")) or 1
-  return rc == 0, (out:gsub("rc=%d+%s*$", ""))
+  local r, err = proc.run({ argv = argv, cwd = opts.cwd, env_add = opts.env_add,
+    timeout = opts.timeout or 120, stdout = "capture", stderr = "capture" })
+  if not r then return false, err end
+  return r.code == 0, (r.stdout or "") .. (r.stderr or "")
 end
 
 local NODE
@@ -199,24 +154,13 @@ local function dev_vars_text(vars)
 end
 
 local function write_secret_file(path, text)
-  local fs = has("runbook.fs.core", "write_atomic")
-  if fs then
-    local ok, err = fs.write_atomic(path, text, { mode = 384 }) -- 0600
-    assert(ok, err)
-    return
-  end
-  assert(os.execute("umask 077 && : > " .. shell_quote(path)))
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  os.execute("chmod 600 " .. shell_quote(path))
+  assert(fs.write_atomic(path, text, { mode = 384 })) -- 0600
 end
 
 -- Pids in process group `pgid` (from /proc); zombies only when asked.
 local function group_members(pgid, zombies)
   local out = {}
-  local names = popen_read("ls /proc 2>/dev/null") or ""
-  for pid in names:gmatch("%d+") do
+  for _, pid in ipairs(fs.list("/proc") or {}) do
     local stat = read("/proc/" .. pid .. "/stat")
     if stat then
       local state, pgrp = stat:match("%) (%a) %d+ (%d+)")
@@ -237,100 +181,34 @@ M.group_members = group_members
 -- stdlib/service does for supervisors with RUNBOOK_SUPERVISOR_OWNER.
 -- Returns the guard's Process: stop it when the group was stopped normally.
 function M.guard(pgid, owner)
-  local p = assert(proc(), "hub.guard needs runbook.proc")
-  owner = owner or p.getpid()
+  owner = owner or proc.getpid()
   -- (dash's kill takes -PGID, not "-- -PGID")
   local script = "while kill -0 $1 2>/dev/null; do sleep 1; done; kill -TERM -$2 2>/dev/null; " ..
     "sleep 2; kill -KILL -$2 2>/dev/null"
-  return assert(p.spawn({ argv = { "sh", "-c", script, "hub-guard", tostring(owner), tostring(pgid) } }))
+  return assert(proc.spawn({ argv = { "sh", "-c", script, "hub-guard", tostring(owner), tostring(pgid) } }))
 end
 
--- Start wrangler dev in the background; returns a handle {pid, running(), stop()}.
+-- Start wrangler dev in the background (a process group of its own, as
+-- runbook.proc spawns every child); returns a handle {pid, running(), stop()}.
 local function spawn(argv, cwd, env_add, log_path)
-  local p = proc()
-  if p then
-    local h, err = p.spawn({ argv = argv, cwd = cwd, env_add = env_add,
-      stdout = log_path, stderr = log_path, append = true })
-    assert(h, err)
-    local guard = M.guard(h:pid())
-    return {
-      pid = h:pid(),
-      running = function() return h:running() end,
-      stop = function()
-        h:stop(5)
-        guard:stop(0)
-      end,
-    }
-  end
-  -- fallback: setsid makes the child a process-group leader like proc.spawn
-  local parts = { "cd " .. shell_quote(cwd) .. " && exec env" }
-  for k, v in pairs(env_add) do parts[#parts + 1] = k .. "=" .. shell_quote(v) end
-  for _, a in ipairs(argv) do parts[#parts + 1] = shell_quote(a) end
-  local cmd = ("setsid sh -c %s >>%s 2>&1 </dev/null & echo $!"):format(
-    shell_quote(table.concat(parts, " ")), shell_quote(log_path))
-  local pid = tonumber((popen_read(cmd) or ""):match("%d+"))
-  assert(pid, "hub: could not start wrangler")
+  local h = assert(proc.spawn({ argv = argv, cwd = cwd, env_add = env_add,
+    stdout = log_path, stderr = log_path, append = true }))
+  local guard = M.guard(h:pid())
   return {
-    pid = pid,
-    running = function() return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end,
+    pid = h:pid(),
+    running = function() return h:running() end,
     stop = function()
-      os.execute(("kill -TERM -%d 2>/dev/null"):format(pid))
-      for _ = 1, 50 do
-        if #group_members(pid) == 0 then return end
-        sleep(0.1)
-      end
+      h:stop(5)
+      guard:stop(0)
     end,
   }
 end
 
--- HTTP: runbook.http when it loads, else curl.
 local function http_request(req)
-  local http = has("runbook.http", "request")
-  if http then
-    local r, err, code = http.request({ method = req.method, url = req.url, headers = req.headers,
-      body = req.body, timeout = req.timeout or 30, connect_timeout = req.timeout or 5 })
-    if not r then return nil, err, code end
-    return { status = r.status, headers = r.headers, body = r.body }
-  end
-  local hdrfile, bodyfile = os.tmpname(), os.tmpname()
-  local args = { "curl", "-sS", "-X", req.method or "GET", "--max-time", tostring(req.timeout or 30),
-    "-D", hdrfile, "-o", bodyfile }
-  for k, v in pairs(req.headers or {}) do
-    args[#args + 1] = "-H"
-    args[#args + 1] = k .. ": " .. v
-  end
-  if req.body then
-    local inf = os.tmpname()
-    local f = assert(io.open(inf, "wb"))
-    f:write(req.body)
-    f:close()
-    args[#args + 1] = "--data-binary"
-    args[#args + 1] = "@" .. inf
-    req._inf = inf
-  end
-  args[#args + 1] = req.url
-  local quoted = {}
-  for i, a in ipairs(args) do quoted[i] = shell_quote(a) end
-  local out = popen_read(table.concat(quoted, " ") .. " 2>&1; echo \"rc=$?\"") or "rc=1"
-  if req._inf then os.remove(req._inf) end
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  local raw, body = read(hdrfile) or "", read(bodyfile) or ""
-  os.remove(hdrfile)
-  os.remove(bodyfile)
-  if rc ~= 0 then
-    return nil, "curl: " .. out:gsub("rc=%d+%s*$", ""), rc == 7 and "ECONNREFUSED" or "EHTTP"
-  end
-  local headers, status = {}, nil
-  for line in raw:gmatch("[^\r\n]+") do
-    local s = line:match("^HTTP/%S+ (%d+)")
-    if s then
-      status, headers = tonumber(s), {}
-    else
-      local k, v = line:match("^([^:]+):%s*(.*)$")
-      if k then headers[k:lower()] = v end
-    end
-  end
-  return { status = status, headers = headers, body = body }
+  local r, err, code = http.request({ method = req.method, url = req.url, headers = req.headers,
+    body = req.body, timeout = req.timeout or 30, connect_timeout = req.timeout or 5 })
+  if not r then return nil, err, code end
+  return { status = r.status, headers = r.headers, body = r.body }
 end
 
 local Hub = {}
