@@ -219,12 +219,17 @@ local function log_tail(path, n)
   return s:sub(-(n or 3000))
 end
 
--- Start wrangler dev for this instance and wait for /api/health.
-local function launch(self)
+-- Start wrangler dev for this instance and wait for /api/health. Ports are
+-- picked free by looking, so another process can take one first (workerd
+-- then dies with "Address already in use"): that start is tried again, with
+-- a new inspector port, at most three times in all.
+local function launch(self, attempt)
+  attempt = attempt or 1
   local argv = wrangler_argv({ "dev", "--ip", "127.0.0.1", "--port", tostring(self.port),
     "--inspector-port", tostring(free_port({ [self.port] = true })),
     "--persist-to", self.persist_dir, "--show-interactive-dev-session=false", "--log-level", "info" })
   local t0 = now()
+  local logged = #(read(self.log_path) or "")
   self._proc = spawn(argv, self.dir, wrangler_env(self.dir), self.log_path)
   local deadline = t0 + self.timeout
   while now() < deadline do
@@ -234,9 +239,11 @@ local function launch(self)
       return
     end
     if not self._proc.running() then
-      local tail = log_tail(self.log_path)
+      self._proc.stop() -- (its guard)
       self._proc = nil
-      error("hub: wrangler dev exited during start-up:\n" .. tail, 0)
+      local this = (read(self.log_path) or ""):sub(logged + 1)
+      if this:find("Address already in use", 1, true) and attempt < 3 then return launch(self, attempt + 1) end
+      error("hub: wrangler dev exited during start-up:\n" .. log_tail(self.log_path), 0)
     end
     sleep(0.1)
   end
