@@ -225,6 +225,13 @@ end
 -- a new inspector port, at most three times in all.
 local function launch(self, attempt)
   attempt = attempt or 1
+  -- a port someone else listens on would answer the health check below for
+  -- a wrangler that could not bind it (a stopped hub's is released at once)
+  for _ = 1, 50 do
+    if not listening_ports()[self.port] then break end
+    sleep(0.1)
+  end
+  if listening_ports()[self.port] then error(("hub: port %d is taken by another process"):format(self.port), 0) end
   local argv = wrangler_argv({ "dev", "--ip", "127.0.0.1", "--port", tostring(self.port),
     "--inspector-port", tostring(free_port({ [self.port] = true })),
     "--persist-to", self.persist_dir, "--show-interactive-dev-session=false", "--log-level", "info" })

@@ -30,6 +30,13 @@ describe("#hub local hub", function()
 
   local function key(k) return { ["X-API-Key"] = k } end
 
+  it("the helper refuses a port another process listens on (its health would answer for a hub that never bound)",
+    function()
+      local ok, err = pcall(hub.start, { port = h.port, vars = VARS })
+      assert.is_false(ok)
+      assert.equals(("hub: port %d is taken by another process"):format(h.port), err)
+    end)
+
   -- Everything the hub answered must be free of the keys.
   local function no_secret(r)
     local all = r.body
