@@ -305,6 +305,11 @@ describe("kvaudit.analyze on snippets", function()
     assert.equals("sessionKv", one("function f(sessionKv) { return sessionKv.delete('x'); }").binding)
     assert.equals("store", one("function f(store: KVNamespace) { return store.put('k', 'v'); }").binding)
     assert.equals("kv", one("await c.kv.put('k', 'v', { expirationTtl: 60 });").binding)
+    -- an expression receiver (no name to follow) whose last name the file types
+    local s = one("interface Env { STORE: KVNamespace }\n"
+      .. "export async function f(get) { return (await get()).STORE.put('k', 'v'); }")
+    assert.equals("STORE", s.binding)
+    assert.equals("STORE is typed KVNamespace", s.how)
   end)
 
   it("reads template-literal and concatenated key prefixes", function()
