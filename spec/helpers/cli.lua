@@ -51,16 +51,10 @@ function M.slurp(path)
   return s
 end
 
----Poll fn every 50 ms until it returns true or `secs` have passed; its
----last answer.
+---Poll fn every 50 ms until it returns true or `secs` have passed
+---(stdlib.poll.wait, without its backoff).
 function M.wait_until(fn, secs)
-  local term = require("runbook.term.core")
-  local t_end = term.monotonic() + secs
-  while term.monotonic() < t_end do
-    if fn() then return true end
-    term.sleep(0.05)
-  end
-  return fn()
+  return (require("stdlib.poll").wait(fn, { every = 0.05, backoff = 1, timeout = secs }))
 end
 
 return M
