@@ -138,7 +138,6 @@ return rb.runbook {
           local ok, why = ctx:confirm(("Deploy Worker script %s to %s (%s)."):format(t.script, t.url,
             migration.describe_where(t.d1, o)), t.script)
           if not ok then ctx:refuse("script %s not confirmed, nothing changed: %s", t.script, why) end
-          t.confirmed = true
         end
         ctx:set("target", t)
       end,

@@ -63,7 +63,6 @@ return rb.runbook {
       run = function(ctx)
         local resp, err = sessions.reprocess(ctx, ctx.params.id, ctx:get("key"), { project = ctx.params.project })
         if not resp then ctx:fail("%s", err) end
-        ctx:set("reprocess_status", resp.status)
         if resp.status == 401 then
           ctx:fail("the hub refused the key (401): the canonical key is not the hub's — run recover-queue-401")
         end
