@@ -34,7 +34,7 @@ end
 -- encodeURIComponent also keeps !'()*); lower: %2f instead of %2F
 local function urlencode(s, plus, keep, lower)
   local fmt = lower and "%%%02x" or "%%%02X"
-  return (s:gsub(keep or "[^%w%-%._~]", function(ch)
+  return (s:gsub(keep, function(ch)
     if plus and ch == " " then return "+" end
     return fmt:format(ch:byte())
   end))
