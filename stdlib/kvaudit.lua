@@ -1120,6 +1120,8 @@ end
 local BINDING_TYPES = { "KVNamespace", "R2Bucket", "DurableObjectNamespace", "D1Database" }
 
 local NEEDLES, NEEDLE_OPS = { ".put", ".get", ".delete", ".list" }, { "put", "get", "delete", "list" }
+-- (what runbook.text.find_all is given; bench/kvaudit_phases.lua times that pass alone)
+M.NEEDLES = NEEDLES
 
 local File = {}
 File.__index = File
