@@ -37,12 +37,44 @@ local function target(a, t)
   return a
 end
 
-local function check(r, what)
-  if r.code ~= 0 then
-    local msg = (r.stderr_masked or r.stderr or ""):match("[^\n]*%S[^\n]*") or ("exit " .. tostring(r.code))
-    return nil, what .. " failed: " .. msg
+-- wrangler's output without terminal colour codes (it colours errors even
+-- under NO_COLOR), as lines that are not blank
+local function lines(text)
+  text = (text or ""):gsub("\27%[[%d;?]*[%a]", ""):gsub("\r", "")
+  local t = {}
+  for l in text:gmatch("[^\n]+") do
+    if l:find("%S") then t[#t + 1] = l:match("^%s*(.-)%s*$") end
   end
-  return r
+  return t
+end
+
+-- A failed wrangler command as one line: what failed and wrangler's first
+-- error line, with the line after it when that one only introduces it
+-- ("...falsy value:"). With ctx, the rest of what wrangler printed (masked)
+-- goes to the step's log, so the whole error is on record.
+local function check(r, what, ctx)
+  if r.code == 0 then return r end
+  local t = lines(r.stderr_masked or r.stderr)
+  if #t == 0 then t = lines(r.stdout_masked or r.stdout) end
+  local msg, used = (t[1] or ("exit " .. tostring(r.code))):gsub("^✘%s*", ""):gsub("^%[ERROR%]%s*", ""), 1
+  if msg:find(":$") and t[2] then msg, used = msg .. " " .. t[2], 2 end
+  if #msg > 300 then msg = msg:sub(1, 297) .. "..." end
+  if ctx and #t > used then
+    for i = math.max(1, #t - 19), #t do ctx:log("  wrangler: %s", t[i]) end
+  end
+  return nil, what .. " failed (exit " .. tostring(r.code) .. "): " .. msg
+end
+
+-- A read that failed is asked once more, a second apart, saying so: local
+-- wrangler sometimes fails a read for reasons of its own (seen: an
+-- internal assert while its runtime starts under load) and a read is safe
+-- to repeat. What the second try says is the answer.
+local function read_retrying(ctx, a, o, what)
+  local r, err = check(ctx:run(a, o), what, ctx)
+  if r then return r end
+  ctx:log("%s; asking once more", err)
+  ctx:sleep(1)
+  return check(ctx:run(a, o), what, ctx)
 end
 
 ---Put a secret on a Worker (value on stdin). A write.
@@ -50,7 +82,7 @@ end
 function M.secret_put(ctx, t)
   local a = target(argv(ctx, "secret", "put", t.key), t)
   local r = ctx:run(a, { stdin = t.value, cwd = wcwd(ctx), timeout = t.timeout or 60 })
-  return check(r, "wrangler secret put " .. t.key)
+  return check(r, "wrangler secret put " .. t.key, ctx)
 end
 
 ---Names of a Worker's secrets (values are never shown by Cloudflare). A read.
@@ -59,7 +91,7 @@ function M.secret_list(ctx, t)
   a[#a + 1] = "--format"
   a[#a + 1] = "json"
   local fixture = t.fixture or { code = 0, stdout = "[]" }
-  local r, err = check(ctx:run(a, { read = true, cwd = wcwd(ctx), fixture = fixture }),
+  local r, err = read_retrying(ctx, a, { read = true, cwd = wcwd(ctx), fixture = fixture },
     "wrangler secret list")
   if not r then return nil, err end
   local list = require("cjson.safe").decode(r.stdout:match("%[.*%]") or "")
@@ -75,7 +107,7 @@ function M.whoami(ctx, t)
   t = t or {}
   local r, err = check(ctx:run(argv(ctx, "whoami"), { read = true, cwd = wcwd(ctx),
     fixture = t.fixture or { code = 0, stdout = "You are logged in with an API Token, associated with the email offline@example.com.\n" } }),
-    "wrangler whoami")
+    "wrangler whoami", ctx)
   if not r then return nil, err end
   local email = r.stdout:match("associated with the email ([^%s]+)%.?")
   local account = r.stdout:match("│%s*([^│]-)%s*│%s*%x+%s*│")
@@ -94,7 +126,7 @@ end
 function M.deploy(ctx, t)
   local a = argv(ctx, "deploy")
   if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
-  return check(ctx:run(a, { cwd = wcwd(ctx), timeout = t.timeout or 300 }), "wrangler deploy")
+  return check(ctx:run(a, { cwd = wcwd(ctx), timeout = t.timeout or 300 }), "wrangler deploy", ctx)
 end
 
 ---The Worker script a deploy of `worker` (wrangler.toml's name) reaches:
@@ -128,7 +160,7 @@ function M.d1_migrations_apply(ctx, t)
   if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
   if t.persist_to then a[#a + 1] = "--persist-to" a[#a + 1] = t.persist_to end
   return check(ctx:run(a, { cwd = t.cwd or wcwd(ctx), stdin = "y\n", timeout = t.timeout or 120,
-    env_add = { CI = "true" } }), "wrangler d1 migrations apply")
+    env_add = { CI = "true" } }), "wrangler d1 migrations apply", ctx)
 end
 
 ---List D1 migrations not yet applied. A read.
@@ -137,8 +169,8 @@ function M.d1_migrations_list(ctx, t)
   local a = argv(ctx, "d1", "migrations", "list", t.database, "--" .. t.where)
   if t.env and t.env ~= "" then a[#a + 1] = "--env" a[#a + 1] = t.env end
   if t.persist_to then a[#a + 1] = "--persist-to" a[#a + 1] = t.persist_to end
-  local r, err = check(ctx:run(a, { read = true, cwd = t.cwd or wcwd(ctx),
-    fixture = t.fixture or { code = 0, stdout = "No migrations to apply!" }, env_add = { CI = "true" } }),
+  local r, err = read_retrying(ctx, a, { read = true, cwd = t.cwd or wcwd(ctx),
+    fixture = t.fixture or { code = 0, stdout = "No migrations to apply!" }, env_add = { CI = "true" } },
     "wrangler d1 migrations list")
   if not r then return nil, err end
   local pending = {}

@@ -119,6 +119,28 @@ describe("#hub apply-d1-migrations and release", function()
     assert.is_nil(r.wrangler:find("--local", 1, true))
   end)
 
+  it("asks wrangler once more when a migrations list fails, and names wrangler's reason without colour codes", function()
+    local args = { "run", "apply-d1-migrations", "--env", "production", "--yes", "-p", "where=remote",
+      "-p", "wrangler_env=production" }
+    local once = remote(args, { WRANGLER_LIST_FAILS = "1" })
+    assert.equals(0, once.code, out(once))
+    assert.matches("wrangler d1 migrations list failed %(exit 1%): The expression evaluated to a falsy value: " ..
+      "assert%(this%.#proxyClient%); asking once more", once.stdout)
+    assert.matches("pending: 0001_queue_d1_store.sql", once.stdout)
+    assert.matches("\nd1 migrations apply DB %-%-remote %-%-env production\n", "\n" .. once.wrangler)
+    -- failing again, the step fails on the second answer and applies nothing
+    local twice = remote(args, { WRANGLER_LIST_FAILS = "5" })
+    assert.equals(1, twice.code, out(twice))
+    assert.matches("FAIL List the pending migrations[^\n]*\n%s*error: wrangler d1 migrations list failed %(exit 1%): The expression evaluated to a " ..
+      "falsy value: assert%(this%.#proxyClient%)", twice.stdout)
+    local _, lists = twice.wrangler:gsub("d1 migrations list", "")
+    assert.equals(2, lists, twice.wrangler)
+    assert.is_nil(twice.wrangler:find("migrations apply", 1, true))
+    for _, r in ipairs({ once, twice }) do
+      assert.is_nil(out(r):find("\27[", 1, true), "a terminal colour code reached the output")
+    end
+  end)
+
   it("migrate-queue-kv-to-d1 on a deployed environment names its D1 by wrangler env, or stops first", function()
     -- runbook.lua's production names no wrangler_env: --remote alone would
     -- migrate the top-level Worker's database, maybe not this hub's
