@@ -17,6 +17,33 @@
  *       like strrchr for a set of bytes, or a backward strspn.  nil when
  *       there is none (and when init < stop).
  *
+ *   js_lex(s [, limit]) -> S, E, n
+ *       The parts of JavaScript/TypeScript source that are not code, up to
+ *       position limit (default #s): comments and the insides of string,
+ *       template (not its ${...} expressions) and regex literals, as sorted
+ *       inclusive ranges S[i]..E[i] (an empty literal has E < S).  A
+ *       literal that starts at or before limit is given whole.  A quote
+ *       never runs past its line (unless a backslash continues it); a "/"
+ *       starts a regex after an operator, an opening bracket or a keyword
+ *       such as return, else it is a division.
+ *
+ *   js_args(s, open [, window]) -> ranges, close | nil
+ *       The top-level arguments of the call whose "(" is at open: a flat
+ *       array {first1, last1, first2, last2, ...} of each argument without
+ *       its surrounding blanks (first > last: a blank argument), and the
+ *       position of the closing ")".  Strings, templates (and their ${...}),
+ *       comments and brackets are skipped whole; a trailing comma leaves no
+ *       argument.  nil when the call does not close within window bytes
+ *       (default 8000) or a bracket closes it that is not ")".
+ *
+ *   js_expr_end(s, p) -> pos
+ *       From just inside a "{" (or "${"), the position after the "}" that
+ *       closes it, strings and templates skipped; #s + 1 when none does.
+ *
+ *   js_quote_end(s, q) -> pos
+ *       The closing quote of the '...' or "..." literal opened at q, or the
+ *       newline that cuts it off (#s + 1 at the end of s).
+ *
  * kv-audit finds ".put" / ".get" / ".delete" / ".list" this way: a
  * string.find loop per needle stops at every dot of a JavaScript file once
  * per needle, and numbering lines costs a string.find per newline.  Here,
@@ -29,6 +56,7 @@
  * at every position.
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <string.h>
 
 #include "host.h"
@@ -150,10 +178,388 @@ static int t_last_of(lua_State *L) {
   return 1;
 }
 
+/* ------------------------------------------------------------ JS lexing */
+
+/* A source text with 1-based positions, as the Lua side counts them: at(S,
+ * i) is the byte at position i, or -1 outside 1..len (Lua's byte() → nil). */
+typedef struct {
+  const unsigned char *s;
+  lua_Integer len;
+} Src;
+
+static inline int at(const Src *S, lua_Integer i) {
+  return i >= 1 && i <= S->len ? S->s[i - 1] : -1;
+}
+
+/* The first position >= p whose byte is in the set, else 0. */
+static lua_Integer next_in(const Src *S, lua_Integer p, const unsigned char *set) {
+  for (lua_Integer i = p < 1 ? 1 : p; i <= S->len; i++)
+    if (set[S->s[i - 1]])
+      return i;
+  return 0;
+}
+
+static lua_Integer next_byte(const Src *S, lua_Integer p, int c) {
+  if (p < 1)
+    p = 1;
+  if (p > S->len)
+    return 0;
+  const unsigned char *q = memchr(S->s + p - 1, c, (size_t)(S->len - p + 1));
+  return q ? (lua_Integer)(q - S->s) + 1 : 0;
+}
+
+/* The end of "*" "/" searched from p: the position of its "/", else 0. */
+static lua_Integer comment_end(const Src *S, lua_Integer p) {
+  for (lua_Integer i = next_byte(S, p, '*'); i; i = next_byte(S, i + 1, '*'))
+    if (at(S, i + 1) == '/')
+      return i + 1;
+  return 0;
+}
+
+/* The bytes each scan stops at, as 256-entry tables (constant: worker
+ * threads share them). */
+static const unsigned char TOP_SET[256] = {['"'] = 1, ['\''] = 1, ['`'] = 1, ['/'] = 1};
+static const unsigned char EXPR_SET[256] = {['"'] = 1, ['\''] = 1, ['`'] = 1, ['/'] = 1, ['{'] = 1, ['}'] = 1};
+static const unsigned char SKIP_SET[256] = {['"'] = 1, ['\''] = 1, ['`'] = 1, ['{'] = 1, ['}'] = 1};
+static const unsigned char ARGS_SET[256] = {['('] = 1, [')'] = 1, ['['] = 1, [']'] = 1, ['{'] = 1, ['}'] = 1,
+                                            ['"'] = 1, ['\''] = 1, ['`'] = 1, [','] = 1, ['/'] = 1};
+/* after these (blanks skipped) a "/" starts a regex, not a division */
+static const unsigned char REGEX_AFTER[256] = {
+    ['('] = 1, [','] = 1, ['='] = 1, [':'] = 1, ['['] = 1, ['!'] = 1, ['&'] = 1, ['|'] = 1, ['?'] = 1,
+    ['{'] = 1, ['}'] = 1, [';'] = 1, ['+'] = 1, ['-'] = 1, ['*'] = 1, ['%'] = 1, ['<'] = 1, ['>'] = 1,
+    ['~'] = 1, ['^'] = 1};
+
+/* The closing quote of the literal opened at q, or the newline that ends
+ * an unterminated one (len + 1 at the end).  A backslash takes the next
+ * byte with it, a newline included (the literal then goes on). */
+static lua_Integer quote_end(const Src *S, lua_Integer q) {
+  int quote = at(S, q);
+  for (lua_Integer i = q + 1; i <= S->len; i++) {
+    int c = S->s[i - 1];
+    if (c == '\\')
+      i++;
+    else if (c == quote || c == '\n')
+      return i;
+  }
+  return S->len + 1;
+}
+
+/* Inside a template literal at p: where code resumes, whether a "${"
+ * opened there (else the literal closed) and the last literal byte. */
+static lua_Integer template_part(const Src *S, lua_Integer p, int *open, lua_Integer *tend) {
+  for (lua_Integer i = p; i <= S->len; i++) {
+    int c = S->s[i - 1];
+    if (c == '\\') {
+      i++;
+    } else if (c == '`') {
+      *open = 0;
+      *tend = i - 1;
+      return i + 1;
+    } else if (c == '$' && at(S, i + 1) == '{') {
+      *open = 1;
+      *tend = i - 1;
+      return i + 2;
+    }
+  }
+  *open = 0;
+  *tend = S->len;
+  return S->len + 1;
+}
+
+static int is_blank(int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* Does the "/" at q start a regex (after an operator, an opening bracket,
+ * the start of the text or a keyword), not a division? */
+static int starts_regex(const Src *S, lua_Integer q) {
+  static const char *const words[] = {"return", "typeof", "case",  "do",     "else",   "in",     "of",
+                                      "void",   "yield",  "await", "delete", "throw",  "new", "instanceof"};
+  lua_Integer p = q - 1;
+  int c = at(S, p);
+  while (c >= 0 && is_blank(c))
+    c = at(S, --p);
+  if (c < 0 || REGEX_AFTER[c])
+    return 1;
+  if (c >= 'a' && c <= 'z') {
+    lua_Integer k = p;
+    while (k > p - 11 && at(S, k - 1) >= 'a' && at(S, k - 1) <= 'z')
+      k--;
+    size_t n = (size_t)(p - k + 1);
+    for (size_t w = 0; w < sizeof words / sizeof words[0]; w++)
+      if (strlen(words[w]) == n && memcmp(words[w], S->s + k - 1, n) == 0)
+        return 1;
+  }
+  return 0;
+}
+
+/* The closing "/" of the regex opened at q, or 0 when the line (or the
+ * text) ends first: a division after all. */
+static lua_Integer regex_end(const Src *S, lua_Integer q) {
+  for (lua_Integer i = q + 1; i <= S->len; i++) {
+    int c = S->s[i - 1];
+    if (c == '\\') {
+      i++;
+    } else if (c == '\n') {
+      return 0;
+    } else if (c == '/') {
+      return i;
+    } else if (c == '[') { /* a class: "/" does not close inside it */
+      for (i++; i <= S->len && S->s[i - 1] != ']'; i++) {
+        if (S->s[i - 1] == '\n')
+          return 0;
+        if (S->s[i - 1] == '\\')
+          i++;
+      }
+      if (i > S->len)
+        return 0;
+    }
+  }
+  return 0;
+}
+
+/* The brace depth inside each open ${...}: a stack that grows in a
+ * userdata at stack index `slot` (freed by the GC if anything raises). */
+typedef struct {
+  lua_Integer *v;
+  lua_Integer top, cap;
+  int slot;
+} Depths;
+
+static void push_depth(lua_State *L, Depths *d) {
+  if (d->top == d->cap) {
+    lua_Integer cap = d->cap * 2;
+    lua_Integer *v = lua_newuserdatauv(L, (size_t)cap * sizeof *v, 0);
+    memcpy(v, d->v, (size_t)d->top * sizeof *v);
+    lua_replace(L, d->slot);
+    d->v = v;
+    d->cap = cap;
+  }
+  d->v[d->top++] = 0;
+}
+
+static int t_js_lex(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  lua_Integer limit = luaL_optinteger(L, 2, S.len);
+  lua_settop(L, 2);
+  Depths d = {lua_newuserdatauv(L, 32 * sizeof(lua_Integer), 0), 0, 32, 3};
+  lua_createtable(L, 16, 0); /* S: 4 */
+  lua_createtable(L, 16, 0); /* E: 5 */
+  lua_Integer n = 0;
+#define RANGE(a, b)                                                                                \
+  do {                                                                                             \
+    n++;                                                                                           \
+    lua_pushinteger(L, (a));                                                                       \
+    lua_rawseti(L, 4, n);                                                                          \
+    lua_pushinteger(L, (b));                                                                       \
+    lua_rawseti(L, 5, n);                                                                          \
+  } while (0)
+  lua_Integer p = 1;
+  while (p <= limit) {
+    lua_Integer q = next_in(&S, p, d.top > 0 ? EXPR_SET : TOP_SET);
+    if (q == 0 || q > limit)
+      break;
+    int c = at(&S, q), open;
+    lua_Integer tend;
+    if (c == '"' || c == '\'') {
+      lua_Integer e = quote_end(&S, q);
+      RANGE(q + 1, e - 1);
+      p = e + 1;
+    } else if (c == '`') {
+      p = template_part(&S, q + 1, &open, &tend);
+      RANGE(q + 1, tend);
+      if (open)
+        push_depth(L, &d);
+    } else if (c == '/') {
+      int c2 = at(&S, q + 1);
+      if (c2 == '/') {
+        lua_Integer e = next_byte(&S, q + 1, '\n');
+        if (e == 0)
+          e = S.len + 1;
+        RANGE(q, e - 1);
+        p = e + 1;
+      } else if (c2 == '*') {
+        lua_Integer e = comment_end(&S, q + 2);
+        if (e == 0)
+          e = S.len;
+        RANGE(q, e);
+        p = e + 1;
+      } else {
+        lua_Integer e = starts_regex(&S, q) ? regex_end(&S, q) : 0;
+        if (e) {
+          RANGE(q + 1, e - 1);
+          p = e + 1;
+        } else {
+          p = q + 1;
+        }
+      }
+    } else if (c == '{') {
+      d.v[d.top - 1]++;
+      p = q + 1;
+    } else if (d.v[d.top - 1] == 0) { /* the "}" that closes a ${ */
+      d.top--;
+      p = template_part(&S, q + 1, &open, &tend);
+      RANGE(q + 1, tend);
+      if (open)
+        push_depth(L, &d);
+    } else {
+      d.v[d.top - 1]--;
+      p = q + 1;
+    }
+  }
+#undef RANGE
+  lua_pushinteger(L, n);
+  return 3;
+}
+
+/* skip_expr / skip_template nest once per template inside a ${...}: past
+ * this depth the text is not code anyone wrote, and the scan gives up. */
+#define MAX_NEST 200
+
+static lua_Integer skip_template(const Src *S, lua_Integer p, int nest);
+
+/* From just inside "{" or "${": the position after the "}" that closes it
+ * (len + 1 when none does; 0 when it nests too deep). */
+static lua_Integer skip_expr(const Src *S, lua_Integer p, int nest) {
+  if (nest > MAX_NEST)
+    return 0;
+  lua_Integer depth = 0;
+  for (;;) {
+    lua_Integer q = next_in(S, p, SKIP_SET);
+    if (q == 0)
+      return S->len + 1;
+    int c = at(S, q);
+    if (c == '"' || c == '\'') {
+      p = quote_end(S, q) + 1;
+    } else if (c == '`') {
+      p = skip_template(S, q + 1, nest + 1);
+      if (p == 0)
+        return 0;
+    } else if (c == '{') {
+      depth++;
+      p = q + 1;
+    } else if (depth == 0) {
+      return q + 1;
+    } else {
+      depth--;
+      p = q + 1;
+    }
+  }
+}
+
+/* From just after an opening backtick: the position after the closing one
+ * (0 when it nests too deep). */
+static lua_Integer skip_template(const Src *S, lua_Integer p, int nest) {
+  for (;;) {
+    int open;
+    lua_Integer tend, after = template_part(S, p, &open, &tend);
+    if (!open)
+      return after;
+    p = skip_expr(S, after, nest);
+    if (p == 0)
+      return 0;
+  }
+}
+
+/* Push the argument s..e without its blanks (Lua's %s) as two integers. */
+static void push_arg(lua_State *L, const Src *S, lua_Integer a, lua_Integer e, lua_Integer *k) {
+  while (a <= e && isspace(at(S, a)))
+    a++;
+  while (e >= a && isspace(at(S, e)))
+    e--;
+  lua_pushinteger(L, a);
+  lua_rawseti(L, -2, ++*k);
+  lua_pushinteger(L, e);
+  lua_rawseti(L, -2, ++*k);
+}
+
+static int t_js_args(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  lua_Integer open = luaL_checkinteger(L, 2);
+  lua_Integer window = luaL_optinteger(L, 3, 8000);
+  lua_settop(L, 3);
+  lua_createtable(L, 6, 0);
+  lua_Integer depth = 0, p = open + 1, a = open + 1, stop = open + window, k = 0;
+  while (p <= stop) {
+    lua_Integer q = next_in(&S, p, ARGS_SET);
+    if (q == 0 || q > stop)
+      break;
+    int c = at(&S, q);
+    if (c == '"' || c == '\'') {
+      p = quote_end(&S, q) + 1;
+    } else if (c == '`') {
+      p = skip_template(&S, q + 1, 0);
+      if (p == 0)
+        break;
+    } else if (c == ',') {
+      if (depth == 0) {
+        push_arg(L, &S, a, q - 1, &k);
+        a = q + 1;
+      }
+      p = q + 1;
+    } else if (c == '(' || c == '[' || c == '{') {
+      depth++;
+      p = q + 1;
+    } else if (c == ')' || c == ']' || c == '}') {
+      if (depth == 0) {
+        if (c != ')')
+          break;
+        lua_Integer b = a;
+        while (isspace(at(&S, b)))
+          b++;
+        if (b < q) /* a trailing comma leaves no argument behind it */
+          push_arg(L, &S, a, q - 1, &k);
+        lua_pushinteger(L, q);
+        return 2;
+      }
+      depth--;
+      p = q + 1;
+    } else { /* "/": a comment is skipped, a division (or regex) is not */
+      int c2 = at(&S, q + 1);
+      if (c2 == '/') {
+        lua_Integer e = next_byte(&S, q, '\n');
+        p = (e ? e : S.len) + 1;
+      } else if (c2 == '*') {
+        lua_Integer e = comment_end(&S, q + 2);
+        p = (e ? e : S.len) + 1;
+      } else {
+        p = q + 1;
+      }
+    }
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+static int t_js_expr_end(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  lua_Integer e = skip_expr(&S, luaL_checkinteger(L, 2), 0);
+  lua_pushinteger(L, e ? e : S.len + 1);
+  return 1;
+}
+
+static int t_js_quote_end(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  lua_Integer q = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, at(&S, q) == '"' || at(&S, q) == '\'', 2, "not at a quote");
+  lua_pushinteger(L, quote_end(&S, q));
+  return 1;
+}
+
 int luaopen_runbook_text_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"find_all", t_find_all},
       {"last_of", t_last_of},
+      {"js_lex", t_js_lex},
+      {"js_args", t_js_args},
+      {"js_expr_end", t_js_expr_end},
+      {"js_quote_end", t_js_quote_end},
       {NULL, NULL},
   };
   luaL_newlib(L, fns);

@@ -22,7 +22,8 @@
 -- writes the baseline, so modes apply).
 
 local fs = require("runbook.fs")
-local find_all, last_of = require("runbook.text").find_all, require("runbook.text").last_of
+local T = require("runbook.text")
+local find_all, last_of, js_lex, js_args = T.find_all, T.last_of, T.js_lex, T.js_args
 local worker = require("runbook.worker")
 local heap = require("runbook.heap")
 
@@ -37,9 +38,8 @@ M.EXTENSIONS = { js = true, mjs = true, cjs = true, jsx = true, ts = true, mts =
 M.WRANGLER_FILES = { ["wrangler.toml"] = true, ["wrangler.json"] = true, ["wrangler.jsonc"] = true }
 
 local find, sub, byte, match, gmatch = string.find, string.sub, string.byte, string.match, string.gmatch
-local INF = math.huge
 
-local B_DQ, B_SQ, B_BT, B_SL, B_BS, B_ST, B_NL = 34, 39, 96, 47, 92, 42, 10
+local B_DQ, B_SQ, B_BT, B_SL, B_ST, B_NL = 34, 39, 96, 47, 42, 10
 local B_LB, B_RB, B_DOT, B_LP, B_RP, B_COLON = 123, 125, 46, 40, 41, 58
 
 -- the bytes of a JS name: as a set for text.last_of and as a lookup table;
@@ -65,333 +65,40 @@ end
 -- a plain find is memchr. So every scan below is plain finds, and a
 -- character class is only ever matched anchored, over a few bytes.
 
--- Is the byte at e escaped (an odd run of backslashes before it)?
-local function escaped(text, e)
-  local k = e - 1
-  while byte(text, k) == B_BS do k = k - 1 end
-  return (e - 1 - k) % 2 == 1
-end
-
--- The closing quote of a '...' or "..." literal opened at q, or the
--- newline that cuts an unterminated one (#text + 1 at the end of the text).
--- nl, when given, is the first newline after q (the lexer keeps it).
-local function quoted_end(text, q, c, nl)
-  local quote = c == B_DQ and '"' or "'"
-  nl = nl or find(text, "\n", q + 1, true) or #text + 1
-  local p = q + 1
-  while true do
-    local e = find(text, quote, p, true)
-    if not e or e > nl then
-      -- a backslash-newline continues the literal on the next line
-      if nl <= #text and escaped(text, nl) then
-        p = nl + 1
-        nl = find(text, "\n", p, true) or #text + 1
-      else
-        return nl
-      end
-    elseif escaped(text, e) then
-      p = e + 1
-    else
-      return e
-    end
-  end
-end
-
--- Inside a template literal at p: returns where code resumes, whether a
--- "${" opened there (else the literal closed), and the last literal byte.
-local function template_part(text, p)
-  local bt, ex = 0, 0
-  while true do
-    if bt < p then bt = find(text, "`", p, true) or INF end
-    if ex < p then ex = find(text, "${", p, true) or INF end
-    if bt == INF and ex == INF then return #text + 1, false, #text end
-    if bt < ex then
-      if not escaped(text, bt) then return bt + 1, false, bt - 1 end
-      p = bt + 1
-    else
-      if not escaped(text, ex) then return ex + 2, true, ex - 1 end
-      p = ex + 1
-    end
-  end
-end
-
--- After these bytes (ignoring blanks) a "/" starts a regex, not a division.
-local REGEX_AFTER = {}
-for ch in ("(,=:[!&|?{};+-*%<>~^"):gmatch(".") do REGEX_AFTER[byte(ch)] = true end
-local REGEX_WORDS = { ["return"] = true, typeof = true, case = true, ["do"] = true, ["else"] = true, ["in"] = true,
-  of = true, void = true, yield = true, await = true, delete = true, throw = true, new = true, instanceof = true }
-
-local function starts_regex(text, q)
-  local p = q - 1
-  local c = byte(text, p)
-  while c == 32 or c == 9 or c == 10 or c == 13 do
-    p = p - 1
-    c = byte(text, p)
-  end
-  if not c or REGEX_AFTER[c] then return true end
-  if c >= 97 and c <= 122 then
-    local k = p
-    while k > p - 11 and (byte(text, k - 1) or 0) >= 97 and (byte(text, k - 1) or 0) <= 122 do k = k - 1 end
-    return REGEX_WORDS[sub(text, k, p)] or false
-  end
-  return false
-end
-
--- The closing "/" of a regex literal opened at q, or nil when the line ends
--- first (then it was a division after all).
-local function regex_end(text, q)
-  local p = q + 1
-  while true do
-    local e = find(text, "[\\/%[\n]", p)
-    if not e then return nil end
-    local c = byte(text, e)
-    if c == B_BS then
-      p = e + 2
-    elseif c == B_NL then
-      return nil
-    elseif c == 91 then
-      local f = e + 1
-      while true do
-        local g = find(text, "[\\%]\n]", f)
-        if not g or byte(text, g) == B_NL then return nil end
-        if byte(text, g) == B_BS then f = g + 2 else p = g + 1 break end
-      end
-    else
-      return e
-    end
-  end
-end
-
----The parts of JS/TS source that are not code, up to `limit`: comments and
----the insides of string, template (not its `${...}` expressions) and regex
----literals, as sorted inclusive ranges S[i]..E[i] (an empty range has
----E < S). The lexer jumps between the next quote, backtick and slash with
----plain finds, so its cost is per literal, not per byte.
+---The parts of JS/TS source that are not code, up to `limit` (default:
+---the end): comments and the insides of string, template (not its `${...}`
+---expressions) and regex literals, as sorted inclusive ranges S[i]..E[i]
+---(an empty range has E < S). One C pass (runbook.text.js_lex).
 ---@param text string
----@param limit integer|nil  stop after this position (default: the end)
+---@param limit integer|nil
 ---@return integer[] S, integer[] E, integer n
-function M.lex(text, limit)
-  local S, E, n = {}, {}, 0
-  local len = #text
-  limit = limit or len
-  local p = 1
-  local nd, ns, nb, nsl = 0, 0, 0, 0 -- next ", ', `, / at or after p
-  local nnl = 0 -- the next newline after the last literal's start
-  local stack, top = {}, 0 -- brace depth inside each open ${...}
-  while p <= limit do
-    local q, c
-    if top > 0 then
-      q = find(text, "[\"'`/{}]", p)
-      if not q then break end
-    else
-      if nd < p then nd = find(text, '"', p, true) or INF end
-      if ns < p then ns = find(text, "'", p, true) or INF end
-      if nb < p then nb = find(text, "`", p, true) or INF end
-      if nsl < p then nsl = find(text, "/", p, true) or INF end
-      q = nd
-      if ns < q then q = ns end
-      if nb < q then q = nb end
-      if nsl < q then q = nsl end
-    end
-    if q > limit then break end
-    c = byte(text, q)
-    if c == B_DQ or c == B_SQ then
-      if nnl <= q then nnl = find(text, "\n", q + 1, true) or len + 1 end
-      local e = quoted_end(text, q, c, nnl)
-      n = n + 1
-      S[n], E[n] = q + 1, e - 1
-      p = e + 1
-    elseif c == B_BT then
-      local after, open, tend = template_part(text, q + 1)
-      n = n + 1
-      S[n], E[n] = q + 1, tend
-      p = after
-      if open then
-        top = top + 1
-        stack[top] = 0
-      end
-    elseif c == B_SL then
-      local c2 = byte(text, q + 1)
-      if c2 == B_SL then
-        if nnl <= q then nnl = find(text, "\n", q + 1, true) or len + 1 end
-        local e = nnl
-        n = n + 1
-        S[n], E[n] = q, e - 1
-        p = e + 1
-      elseif c2 == B_ST then
-        local _, e = find(text, "*/", q + 2, true)
-        e = e or len
-        n = n + 1
-        S[n], E[n] = q, e
-        p = e + 1
-      else
-        local e = starts_regex(text, q) and regex_end(text, q)
-        if e then
-          n = n + 1
-          S[n], E[n] = q + 1, e - 1
-          p = e + 1
-        else
-          p = q + 1
-        end
-      end
-    elseif c == B_LB then
-      stack[top] = stack[top] + 1
-      p = q + 1
-    else -- "}" inside ${...}
-      if stack[top] == 0 then
-        top = top - 1
-        local after, open, tend = template_part(text, q + 1)
-        n = n + 1
-        S[n], E[n] = q + 1, tend
-        p = after
-        if open then
-          top = top + 1
-          stack[top] = 0
-        end
-      else
-        stack[top] = stack[top] - 1
-        p = q + 1
-      end
-    end
-  end
-  return S, E, n
-end
+M.lex = js_lex
 
--- skipping balanced code inside a call's arguments -------------------------
-
-local skip_template
-
--- From just inside "${": the position after its closing "}".
-local function skip_expr(text, p)
-  local depth = 0
-  while true do
-    local q = find(text, "[{}\"'`]", p)
-    if not q then return #text + 1 end
-    local c = byte(text, q)
-    if c == B_DQ or c == B_SQ then
-      p = quoted_end(text, q, c) + 1
-    elseif c == B_BT then
-      p = skip_template(text, q + 1)
-    elseif c == B_LB then
-      depth = depth + 1
-      p = q + 1
-    elseif depth == 0 then
-      return q + 1
-    else
-      depth = depth - 1
-      p = q + 1
-    end
-  end
-end
-
--- From just after an opening backtick: the position after the closing one.
-skip_template = function(text, p)
-  while true do
-    local after, open = template_part(text, p)
-    if not open then return after end
-    p = skip_expr(text, after)
-  end
-end
-
-local OPENERS = { [40] = true, [91] = true, [123] = true }
-local CLOSERS = { [41] = true, [93] = true, [125] = true }
-
----A call's top-level arguments: a list of { first, last } byte ranges
----(untrimmed) and the position of the closing ")"; nil when the call does
----not close within 8000 bytes.
+---A call's top-level arguments (strings, templates, comments and brackets
+---skipped whole): a list of their texts without surrounding blanks (nil
+---for a blank one) and the position of the closing ")"; nil when the call
+---does not close within 8000 bytes.
 ---@param text string
 ---@param open integer  position of "("
+---@return (string|false)[]|nil args, integer close
 function M.call_args(text, open)
-  local args, depth, p, s = {}, 0, open + 1, open + 1
-  local stop = open + 8000
-  while p <= stop do
-    local q = find(text, "[()%[%]{}\"'`,/]", p)
-    if not q or q > stop then return nil end
-    local c = byte(text, q)
-    if c == B_DQ or c == B_SQ then
-      p = quoted_end(text, q, c) + 1
-    elseif c == B_BT then
-      p = skip_template(text, q + 1)
-    elseif c == 44 then
-      if depth == 0 then
-        args[#args + 1] = { s, q - 1 }
-        s = q + 1
-      end
-      p = q + 1
-    elseif OPENERS[c] then
-      depth = depth + 1
-      p = q + 1
-    elseif CLOSERS[c] then
-      if depth == 0 then
-        if c ~= 41 then return nil end
-        -- a trailing comma leaves no argument behind it
-        if not find(text, "^%s*%)", s) then args[#args + 1] = { s, q - 1 } end
-        return args, q
-      end
-      depth = depth - 1
-      p = q + 1
-    else
-      local c2 = byte(text, q + 1)
-      if c2 == B_SL then
-        p = (find(text, "\n", q, true) or #text) + 1
-      elseif c2 == B_ST then
-        local _, e = find(text, "*/", q + 2, true)
-        p = (e or #text) + 1
-      else
-        p = q + 1
-      end
-    end
-  end
-  return nil
+  local r, close = js_args(text, open)
+  if not r then return nil end
+  local args = {}
+  for i = 1, #r, 2 do args[#args + 1] = r[i] <= r[i + 1] and sub(text, r[i], r[i + 1]) or false end
+  return args, close
 end
 
-local function trimmed(text, a)
-  if not a then return nil end
-  return match(sub(text, a[1], a[2]), "^%s*(.*%S)")
-end
-
--- A simple argument at p (name, property path, quoted string, template
--- without nested backticks): its first and last byte and the "," or ")"
--- after it; nil when it is not simple.
-local function simple_arg(text, p)
-  local s, e, d = match(text, "^%s*()[%w_$][%w_$%.]*()%s*()[,)]", p)
-  if s then return s, e - 1, d end
-  local q = byte(text, match(text, "^%s*()", p))
-  if q == B_DQ then
-    s, e, d = match(text, '^%s*()"[^"\\\n]*"()%s*()[,)]', p)
-  elseif q == B_SQ then
-    s, e, d = match(text, "^%s*()'[^'\\\n]*'()%s*()[,)]", p)
-  elseif q == B_BT then
-    s, e, d = match(text, "^%s*()`[^`\\]*`()%s*()[,)]", p)
-  end
-  if s then return s, e - 1, d end
-  return nil
-end
-
----The arguments a KV call's analysis needs, cheaply when they are simple:
----first (trimmed text), third (put options) and how many there are (0, or
----a lower bound). Falls back to the full M.call_args scan otherwise.
+-- What a KV call's analysis needs of its arguments: the first (the key)
+-- and the third (a put's options) without their blanks, and how many there
+-- are (1 when the call does not close where it can be seen).
 ---@return string|nil a1, string|nil a3, integer nargs
-local function key_args(text, open, op)
-  if find(text, "^%s*%)", open + 1) then return nil, nil, 0 end
-  local s1, e1, d1 = simple_arg(text, open + 1)
-  if s1 then
-    local a1 = sub(text, s1, e1)
-    if op ~= "put" then return a1, nil, 1 end
-    if byte(text, d1) == B_RP then return a1, nil, 1 end
-    -- the value: simple, or a call such as JSON.stringify(body)
-    local _, _, d2 = simple_arg(text, d1 + 1)
-    if not d2 then d2 = match(text, "^%s*[%w_$][%w_$%.]*%s*%b()%s*()[,)]", d1 + 1) end
-    if d2 then
-      if byte(text, d2) == B_RP then return a1, nil, 2 end
-      local s3, e3 = match(text, "^%s*()%b{}()%s*%)", d2 + 1)
-      if not s3 then s3, e3 = match(text, "^%s*()[%w_$]+()%s*%)", d2 + 1) end
-      if s3 then return a1, sub(text, s3, e3 - 1), 3 end
-    end
-  end
-  local args = M.call_args(text, open)
-  if not args then return nil, nil, 1 end
-  return trimmed(text, args[1]), trimmed(text, args[3]), #args
+local function key_args(text, open)
+  local r = js_args(text, open)
+  if not r then return nil, nil, 1 end
+  local a1 = r[1] and r[1] <= r[2] and sub(text, r[1], r[2]) or nil
+  local a3 = r[5] and r[5] <= r[6] and sub(text, r[5], r[6]) or nil
+  return a1, a3, #r // 2
 end
 
 -- ------------------------------------------------------------------ words
@@ -534,7 +241,7 @@ local function strip_jsonc(text)
     local q = find(text, '["/]', p)
     if not q then break end
     if byte(text, q) == B_DQ then
-      local e = quoted_end(text, q, B_DQ)
+      local e = T.js_quote_end(text, q)
       out[#out + 1] = sub(text, p, e)
       p = e + 1
     elseif byte(text, q + 1) == B_SL then
@@ -895,7 +602,7 @@ local function ttl_of(F, opts, pos)
     local src = F.text
     local found = value_pos(F, name, pos)
     if not found or byte(src, found) ~= B_LB then return "unknown" end
-    text = sub(src, found, skip_expr(src, found + 1) - 1)
+    text = sub(src, found, T.js_expr_end(src, found + 1) - 1)
   end
   -- expirationTtl or expiration as a property name (not part of a longer word)
   local p = find(text, "expiration", 1, true)
@@ -1143,40 +850,6 @@ function M.analyzer(o)
   return A
 end
 
--- Is the byte at pos code, judged from its own line? true / false, or nil
--- when a block comment or a template literal may reach it from an earlier
--- line (an unclosed "/*" before it, an odd number of backticks before the
--- line): the caller then lexes the file. Positions must only grow.
-local function in_code_fast(F, pos, ls)
-  local text = F.text
-  -- the last "/*" and "*/" before pos, found going forwards
-  local no, nc = F.no or find(text, "/*", 1, true) or INF, F.nc or find(text, "*/", 1, true) or INF
-  local lo, lc = F.lo or 0, F.lc or 0
-  while no < pos do
-    lo = no
-    no = find(text, "/*", no + 2, true) or INF
-  end
-  while nc < pos do
-    lc = nc
-    nc = find(text, "*/", nc + 2, true) or INF
-  end
-  F.no, F.nc, F.lo, F.lc = no, nc, lo, lc
-  if lo > lc then return nil end
-  local bt, count = F.bt or find(text, "`", 1, true), F.btn or 0
-  while bt and bt < ls do
-    count = count + 1
-    bt = find(text, "`", bt + 1, true)
-  end
-  F.bt, F.btn = bt or INF, count
-  if count % 2 == 1 then return nil end
-  local at = pos - ls + 1
-  local S, E, n = M.lex(sub(text, ls, pos), at)
-  for i = 1, n do
-    if S[i] <= at and at <= E[i] then return false end
-  end
-  return true
-end
-
 -- the reason without the receiver's name, to count exclusions by kind
 local function reason_group(reason)
   return (reason:gsub("^receiver %S+ is not", "receiver is not"))
@@ -1199,8 +872,8 @@ function M.analyze(text, path, A)
   -- every ".put"/".get"/".delete"/".list" with its line, in one C pass (a
   -- string.find loop stops at every dot once per needle, and numbering
   -- lines costs a find per newline)
-  local cands, ops, parens, lines, lstarts, n = {}, {}, {}, {}, {}, 0
-  local at, which, line_at, lstart_at = find_all(text, NEEDLES)
+  local cands, ops, parens, lines, n = {}, {}, {}, {}, 0
+  local at, which, line_at = find_all(text, NEEDLES)
   for i = 1, #at do
     local p, op = at[i], NEEDLE_OPS[which[i]]
     local after = p + #op + 1
@@ -1216,7 +889,7 @@ function M.analyze(text, path, A)
     if paren then
       n = n + 1
       cands[n] = p
-      ops[n], parens[n], lines[n], lstarts[n] = op, paren, line_at[i], lstart_at[i]
+      ops[n], parens[n], lines[n] = op, paren, line_at[i]
     end
   end
   local sites, excluded = {}, {}
@@ -1254,9 +927,8 @@ function M.analyze(text, path, A)
     if r.kv then last_kv = dot end
   end
 
-  -- pass 2: is each KV-looking call code? Its own line, lexed alone, says
-  -- so unless a block comment or a template literal may span into it; then
-  -- (and for the rest of the file) the whole file is lexed up to the last one
+  -- pass 2: is each KV-looking call code? The file is lexed (in C) up to
+  -- the last one, and the calls and the literals are walked together
   local S, E, ns
   local j = 1
   for i = 1, n do
@@ -1265,21 +937,14 @@ function M.analyze(text, path, A)
     local r, R = res[i], recv[i]
     local reason
     if r.kv then
-      local code
-      if not S then
-        code = in_code_fast(F, dot, lstarts[i])
-      end
-      if code == nil then
-        if not S then S, E, ns = M.lex(text, last_kv) end
-        while j <= ns and E[j] < dot do j = j + 1 end
-        code = not (j <= ns and S[j] <= dot)
-      end
-      if not code then reason = COMMENT_REASON end
+      if not S then S, E, ns = js_lex(text, last_kv) end
+      while j <= ns and E[j] < dot do j = j + 1 end
+      if j <= ns and S[j] <= dot then reason = COMMENT_REASON end
     else
       reason = r.reason
       if r.unknown and op == "put" and find(words(R), "_cache_", 1, true) then
         local args = M.call_args(text, parens[i])
-        local a1 = args and trimmed(text, args[1]) or ""
+        local a1 = args and args[1] or ""
         if args and #args == 2 and (find(a1, "^[%w_$%.]*[rR]eq") or find(a1, "^new%s+Request")) then
           reason = "Cache API: cache.put(request, response), not KV"
         end
@@ -1291,7 +956,7 @@ function M.analyze(text, path, A)
         group = group }
     else
       local line = lines[i]
-      local a1, a3, nargs = key_args(text, parens[i], op)
+      local a1, a3, nargs = key_args(text, parens[i])
       if op == "get" and nargs == 0 then
         reason = "get() with no key is not a KV read (a Secrets Store or other binding)"
         excluded[#excluded + 1] = { file = path, line = line, op = op, receiver = R, reason = reason, group = reason }

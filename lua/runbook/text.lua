@@ -26,4 +26,34 @@ M.find_all = core.find_all
 ---@return integer|nil pos
 M.last_of = core.last_of
 
+---The parts of JavaScript/TypeScript source that are not code, up to
+---limit: comments and the insides of string, template (not its ${...}) and
+---regex literals, as sorted inclusive ranges S[i]..E[i] (E < S: an empty
+---literal). A literal starting at or before limit is given whole.
+---@param s string
+---@param limit integer|nil  default #s
+---@return integer[] S, integer[] E, integer n
+M.js_lex = core.js_lex
+
+---The top-level arguments of the call whose "(" is at open, strings,
+---templates, comments and brackets skipped whole: a flat array {first1,
+---last1, first2, last2, ...} of each argument without its blanks (first >
+---last: blank) and the closing ")"; nil when it does not close within
+---window bytes (default 8000).
+---@param s string
+---@param open integer
+---@param window integer|nil
+---@return integer[]|nil ranges, integer close
+M.js_args = core.js_args
+
+---From just inside a "{" or "${": the position after the "}" closing it
+---(#s + 1 when none does).
+---@return integer
+M.js_expr_end = core.js_expr_end
+
+---The closing quote of the '...' or "..." literal opened at q, or the
+---newline that cuts it off (#s + 1 at the end).
+---@return integer
+M.js_quote_end = core.js_quote_end
+
 return M
