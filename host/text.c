@@ -11,6 +11,11 @@
  *       number and lstart[i] the position of that line's first byte.
  *       Occurrences may overlap.
  *
+ *   find_all(s, needles, follow) -> pos, which, line, lstart, at
+ *       The same, keeping only the occurrences that follow (a one-byte
+ *       string) comes after, blanks allowed between them: at[i] is the
+ *       position of that byte.  With follow "(", the calls of a name.
+ *
  *   last_of(s, set, init [, stop [, outside]]) -> pos | nil
  *       The last position in s[stop..init] (default s[1..#s]) whose byte
  *       is one of the bytes of set — or, with outside, is none of them —
@@ -26,6 +31,11 @@
  *       never runs past its line (unless a backslash continues it); a "/"
  *       starts a regex after an operator, an opening bracket or a keyword
  *       such as return, else it is a division.
+ *
+ *   js_in_code(s, positions) -> code
+ *       For each of the ascending positions, whether js_lex puts it in
+ *       code: code[i] is true unless positions[i] is inside one of the
+ *       ranges (lexing stops once every position is decided).
  *
  *   js_args(s, open [, window]) -> ranges, close | nil
  *       The top-level arguments of the call whose "(" is at open: a flat
@@ -88,11 +98,17 @@ static int t_find_all(lua_State *L) {
     else
       second[(unsigned char)nd[i][1]] = 1;
   }
+  size_t fl = 0;
+  const char *follow = luaL_optlstring(L, 3, NULL, &fl);
+  luaL_argcheck(L, follow == NULL || fl == 1, 3, "follow must be one byte");
+  lua_settop(L, 3);
   lua_createtable(L, 8, 0); /* pos */
   lua_createtable(L, 8, 0); /* which */
   lua_createtable(L, 8, 0); /* line */
   lua_createtable(L, 8, 0); /* lstart */
-  int base = lua_gettop(L) - 3;
+  if (follow)
+    lua_createtable(L, 8, 0); /* at */
+  int base = 4;
   const char *end = s + len;
   const char *nlp = memchr(s, '\n', len); /* the next newline not yet counted */
   lua_Integer line = 1, out = 0;
@@ -123,6 +139,14 @@ static int t_find_all(lua_State *L) {
     }
     if (hit < 0)
       continue;
+    const char *f = NULL;
+    if (follow) {
+      f = p + nl[hit];
+      while (f < end && isspace((unsigned char)*f))
+        f++;
+      if (f == end || *f != follow[0])
+        continue;
+    }
     while (nlp != NULL && nlp < p) {
       line++;
       ls = (size_t)(nlp - s) + 1;
@@ -137,8 +161,12 @@ static int t_find_all(lua_State *L) {
     lua_rawseti(L, base + 2, out);
     lua_pushinteger(L, (lua_Integer)ls + 1);
     lua_rawseti(L, base + 3, out);
+    if (f) {
+      lua_pushinteger(L, (lua_Integer)(f - s) + 1);
+      lua_rawseti(L, base + 4, out);
+    }
   }
-  return 4;
+  return follow ? 5 : 4;
 }
 
 static int t_last_of(lua_State *L) {
@@ -336,58 +364,56 @@ static void push_depth(lua_State *L, Depths *d) {
   d->v[d->top++] = 0;
 }
 
-static int t_js_lex(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  Src S = {(const unsigned char *)s, (lua_Integer)len};
-  lua_Integer limit = luaL_optinteger(L, 2, S.len);
-  lua_settop(L, 2);
-  Depths d = {lua_newuserdatauv(L, 32 * sizeof(lua_Integer), 0), 0, 32, 3};
-  lua_createtable(L, 16, 0); /* S: 4 */
-  lua_createtable(L, 16, 0); /* E: 5 */
-  lua_Integer n = 0;
-#define RANGE(a, b)                                                                                \
-  do {                                                                                             \
-    n++;                                                                                           \
-    lua_pushinteger(L, (a));                                                                       \
-    lua_rawseti(L, 4, n);                                                                          \
-    lua_pushinteger(L, (b));                                                                       \
-    lua_rawseti(L, 5, n);                                                                          \
-  } while (0)
+/* Where the lexer puts each range it finds; range() returns nonzero to
+ * stop the lexer early. */
+typedef struct Sink Sink;
+struct Sink {
+  int (*range)(Sink *k, lua_Integer a, lua_Integer b);
+  lua_State *L;
+  lua_Integer n;     /* js_lex: ranges so far; js_in_code: positions decided */
+  lua_Integer total; /* js_in_code: positions given */
+  int t;             /* js_lex: stack index of S (E at t + 1); js_in_code: positions (out at t + 1) */
+};
+
+/* Lex S up to limit, giving every range to k. The stack of ${...} depths
+ * lives in a userdata pushed (and left) on L's stack. */
+static void lex_run(lua_State *L, const Src *S, lua_Integer limit, Sink *k) {
+  lua_Integer *v = lua_newuserdatauv(L, 32 * sizeof(lua_Integer), 0);
+  Depths d = {v, 0, 32, lua_gettop(L)};
   lua_Integer p = 1;
   while (p <= limit) {
-    lua_Integer q = next_in(&S, p, d.top > 0 ? EXPR_SET : TOP_SET);
+    lua_Integer q = next_in(S, p, d.top > 0 ? EXPR_SET : TOP_SET);
     if (q == 0 || q > limit)
       break;
-    int c = at(&S, q), open;
+    int c = at(S, q), open, stop = 0;
     lua_Integer tend;
     if (c == '"' || c == '\'') {
-      lua_Integer e = quote_end(&S, q);
-      RANGE(q + 1, e - 1);
+      lua_Integer e = quote_end(S, q);
+      stop = k->range(k, q + 1, e - 1);
       p = e + 1;
     } else if (c == '`') {
-      p = template_part(&S, q + 1, &open, &tend);
-      RANGE(q + 1, tend);
+      p = template_part(S, q + 1, &open, &tend);
+      stop = k->range(k, q + 1, tend);
       if (open)
         push_depth(L, &d);
     } else if (c == '/') {
-      int c2 = at(&S, q + 1);
+      int c2 = at(S, q + 1);
       if (c2 == '/') {
-        lua_Integer e = next_byte(&S, q + 1, '\n');
+        lua_Integer e = next_byte(S, q + 1, '\n');
         if (e == 0)
-          e = S.len + 1;
-        RANGE(q, e - 1);
+          e = S->len + 1;
+        stop = k->range(k, q, e - 1);
         p = e + 1;
       } else if (c2 == '*') {
-        lua_Integer e = comment_end(&S, q + 2);
+        lua_Integer e = comment_end(S, q + 2);
         if (e == 0)
-          e = S.len;
-        RANGE(q, e);
+          e = S->len;
+        stop = k->range(k, q, e);
         p = e + 1;
       } else {
-        lua_Integer e = starts_regex(&S, q) ? regex_end(&S, q) : 0;
+        lua_Integer e = starts_regex(S, q) ? regex_end(S, q) : 0;
         if (e) {
-          RANGE(q + 1, e - 1);
+          stop = k->range(k, q + 1, e - 1);
           p = e + 1;
         } else {
           p = q + 1;
@@ -398,18 +424,86 @@ static int t_js_lex(lua_State *L) {
       p = q + 1;
     } else if (d.v[d.top - 1] == 0) { /* the "}" that closes a ${ */
       d.top--;
-      p = template_part(&S, q + 1, &open, &tend);
-      RANGE(q + 1, tend);
+      p = template_part(S, q + 1, &open, &tend);
+      stop = k->range(k, q + 1, tend);
       if (open)
         push_depth(L, &d);
     } else {
       d.v[d.top - 1]--;
       p = q + 1;
     }
+    if (stop)
+      break;
   }
-#undef RANGE
-  lua_pushinteger(L, n);
+}
+
+static int lex_range(Sink *k, lua_Integer a, lua_Integer b) {
+  k->n++;
+  lua_pushinteger(k->L, a);
+  lua_rawseti(k->L, k->t, k->n);
+  lua_pushinteger(k->L, b);
+  lua_rawseti(k->L, k->t + 1, k->n);
+  return 0;
+}
+
+static int t_js_lex(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  lua_Integer limit = luaL_optinteger(L, 2, S.len);
+  lua_settop(L, 2);
+  lua_createtable(L, 16, 0); /* S: 3 */
+  lua_createtable(L, 16, 0); /* E: 4 */
+  Sink k = {lex_range, L, 0, 0, 3};
+  lex_run(L, &S, limit, &k);
+  lua_settop(L, 4);
+  lua_pushinteger(L, k.n);
   return 3;
+}
+
+static lua_Integer pos_at(lua_State *L, int t, lua_Integer i) {
+  lua_rawgeti(L, t, i);
+  lua_Integer v = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Decide every position before a (code) and inside a..b (not code). */
+static int code_range(Sink *k, lua_Integer a, lua_Integer b) {
+  lua_State *L = k->L;
+  while (k->n < k->total) {
+    lua_Integer p = pos_at(L, k->t, k->n + 1);
+    if (p > b)
+      break;
+    lua_pushboolean(L, p < a);
+    lua_rawseti(L, k->t + 1, ++k->n);
+  }
+  return k->n == k->total;
+}
+
+static int t_js_in_code(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_Integer total = (lua_Integer)lua_rawlen(L, 2), last = 0;
+  for (lua_Integer i = 1; i <= total; i++) {
+    lua_Integer p = pos_at(L, 2, i);
+    if (p < last)
+      return luaL_argerror(L, 2, "positions must be in ascending order");
+    last = p;
+  }
+  lua_createtable(L, (int)total, 0); /* out: 3 */
+  Sink k = {code_range, L, 0, total, 2};
+  if (total > 0)
+    lex_run(L, &S, last, &k);
+  lua_settop(L, 3);
+  while (k.n < total) { /* after the last literal: code */
+    lua_pushboolean(L, 1);
+    lua_rawseti(L, 3, ++k.n);
+  }
+  return 1;
 }
 
 /* skip_expr / skip_template nest once per template inside a ${...}: past
@@ -557,6 +651,7 @@ int luaopen_runbook_text_core(lua_State *L) {
       {"find_all", t_find_all},
       {"last_of", t_last_of},
       {"js_lex", t_js_lex},
+      {"js_in_code", t_js_in_code},
       {"js_args", t_js_args},
       {"js_expr_end", t_js_expr_end},
       {"js_quote_end", t_js_quote_end},

@@ -23,7 +23,7 @@
 
 local fs = require("runbook.fs")
 local T = require("runbook.text")
-local find_all, last_of, js_lex, js_args = T.find_all, T.last_of, T.js_lex, T.js_args
+local find_all, last_of, js_in_code, js_args = T.find_all, T.last_of, T.js_in_code, T.js_args
 local worker = require("runbook.worker")
 local heap = require("runbook.heap")
 
@@ -72,7 +72,7 @@ end
 ---@param text string
 ---@param limit integer|nil
 ---@return integer[] S, integer[] E, integer n
-M.lex = js_lex
+M.lex = T.js_lex
 
 ---A call's top-level arguments (strings, templates, comments and brackets
 ---skipped whole): a list of their texts without surrounding blanks (nil
@@ -826,7 +826,9 @@ end
 -- what env.X is, in every file
 local BINDING_TYPES = { "KVNamespace", "R2Bucket", "DurableObjectNamespace", "D1Database" }
 
-local NEEDLES, NEEDLE_OPS = { ".put", ".get", ".delete", ".list" }, { "put", "get", "delete", "list" }
+-- (getWithMetadata before get: the first needle that matches is the one found)
+local NEEDLES = { ".put", ".getWithMetadata", ".get", ".delete", ".list" }
+local NEEDLE_OPS = { "put", "get", "get", "delete", "list" }
 -- (what runbook.text.find_all is given; bench/kvaudit_phases.lua times that pass alone)
 M.NEEDLES = NEEDLES
 
@@ -872,26 +874,8 @@ function M.analyze(text, path, A)
   -- every ".put"/".get"/".delete"/".list" with its line, in one C pass (a
   -- string.find loop stops at every dot once per needle, and numbering
   -- lines costs a find per newline)
-  local cands, ops, parens, lines, n = {}, {}, {}, {}, 0
-  local at, which, line_at = find_all(text, NEEDLES)
-  for i = 1, #at do
-    local p, op = at[i], NEEDLE_OPS[which[i]]
-    local after = p + #op + 1
-    local b = byte(text, after)
-    local paren
-    if b == B_LP then
-      paren = after
-    elseif b == 32 or b == 9 or b == 10 or b == 13 then
-      paren = match(text, "^%s*()%(", after)
-    elseif b == 87 and op == "get" then
-      paren = match(text, "^WithMetadata%s*()%(", after)
-    end
-    if paren then
-      n = n + 1
-      cands[n] = p
-      ops[n], parens[n], lines[n] = op, paren, line_at[i]
-    end
-  end
+  local cands, which, lines, _, parens = find_all(text, NEEDLES, "(")
+  local n = #cands
   local sites, excluded = {}, {}
   local facts = {}
   -- what the file says about bindings, for the second pass
@@ -916,30 +900,28 @@ function M.analyze(text, path, A)
   -- pass 1: what each receiver is (memoised per receiver: cheap)
   local F = setmetatable({ text = text, memo = {}, defs = {}, assigns = {}, heads = {}, A = A, types = facts.types },
     File)
-  local res, recv = {}, {}
-  local last_kv = 0
+  local res, recv, kvpos = {}, {}, {}
   for i = 1, n do
     local dot = cands[i]
     local R = receiver_at(F, dot)
     recv[i] = R
     local r = R and resolve(F, R) or nonkv(EXPR_REASON)
     res[i] = r
-    if r.kv then last_kv = dot end
+    if r.kv then kvpos[#kvpos + 1] = dot end
   end
 
-  -- pass 2: is each KV-looking call code? The file is lexed (in C) up to
-  -- the last one, and the calls and the literals are walked together
-  local S, E, ns
-  local j = 1
+  -- pass 2: is each KV-looking call code? One C pass lexes the file up to
+  -- the last one (runbook.text.js_in_code)
+  local code = #kvpos > 0 and js_in_code(text, kvpos)
+  local j = 0
   for i = 1, n do
     local dot = cands[i]
-    local op = ops[i]
+    local op = NEEDLE_OPS[which[i]]
     local r, R = res[i], recv[i]
     local reason
     if r.kv then
-      if not S then S, E, ns = js_lex(text, last_kv) end
-      while j <= ns and E[j] < dot do j = j + 1 end
-      if j <= ns and S[j] <= dot then reason = COMMENT_REASON end
+      j = j + 1
+      if not code[j] then reason = COMMENT_REASON end
     else
       reason = r.reason
       if r.unknown and op == "put" and find(words(R), "_cache_", 1, true) then

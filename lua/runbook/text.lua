@@ -13,6 +13,9 @@ local M = {}
 ---@return integer[] which index of the needle found there (the first listed wins)
 ---@return integer[] line 1-based line numbers
 ---@return integer[] lstart position of each line's first byte
+---With follow (one byte), only the occurrences that byte comes after,
+---blanks allowed between (follow "(": calls), and a fifth array: where it is.
+---@param follow string|nil
 M.find_all = core.find_all
 
 ---The last position in s[stop..init] (default all of s) whose byte is one
@@ -34,6 +37,13 @@ M.last_of = core.last_of
 ---@param limit integer|nil  default #s
 ---@return integer[] S, integer[] E, integer n
 M.js_lex = core.js_lex
+
+---For each of the ascending positions, whether js_lex puts it in code (not
+---in a comment or a literal): one pass that stops once all are decided.
+---@param s string
+---@param positions integer[]
+---@return boolean[]
+M.js_in_code = core.js_in_code
 
 ---The top-level arguments of the call whose "(" is at open, strings,
 ---templates, comments and brackets skipped whole: a flat array {first1,
