@@ -42,9 +42,24 @@
  *       array {first1, last1, first2, last2, ...} of each argument without
  *       its surrounding blanks (first > last: a blank argument), and the
  *       position of the closing ")".  Strings, templates (and their ${...}),
- *       comments and brackets are skipped whole; a trailing comma leaves no
- *       argument.  nil when the call does not close within window bytes
- *       (default 8000) or a bracket closes it that is not ")".
+ *       regexes, comments and brackets are skipped whole; a trailing comma
+ *       leaves no argument.  close is nil when the call does not close
+ *       within window bytes (default 8000) or a bracket that is not ")"
+ *       closes it: ranges then holds the arguments a comma ended.
+ *
+ *   js_open_before(s, p [, budget]) -> pos, used | nil, used
+ *       Going back from p: the first "{" whose block holds p (every "}"
+ *       on the way balanced by a "{"), and how many braces were looked at;
+ *       nil when the text starts first or budget braces (default 400)
+ *       were looked at.  Braces in strings and comments count: this is a
+ *       cheap outline, not a parse.
+ *
+ *   js_block_head(s, e) -> first, last
+ *       The head of the block whose "{" follows position e, without its
+ *       blanks: the text back to the last ";", "{", "}" or newline — across
+ *       lines when its line holds nothing or closes a parenthesis opened
+ *       earlier (multi-line parameters, `for (a; b; c)`), at most 6 lines
+ *       back.  first > last: an empty head.
  *
  *   js_expr_end(s, p) -> pos
  *       From just inside a "{" (or "${"), the position after the "}" that
@@ -610,7 +625,7 @@ static int t_js_args(lua_State *L) {
       }
       depth--;
       p = q + 1;
-    } else { /* "/": a comment is skipped, a division (or regex) is not */
+    } else { /* "/": a comment or a regex is skipped whole, a division is not */
       int c2 = at(&S, q + 1);
       if (c2 == '/') {
         lua_Integer e = next_byte(&S, q, '\n');
@@ -619,12 +634,121 @@ static int t_js_args(lua_State *L) {
         lua_Integer e = comment_end(&S, q + 2);
         p = (e ? e : S.len) + 1;
       } else {
-        p = q + 1;
+        lua_Integer e = starts_regex(&S, q) ? regex_end(&S, q) : 0;
+        p = (e ? e : q) + 1;
       }
     }
   }
+  lua_pushnil(L); /* the arguments seen, and no close */
+  return 2;
+}
+
+/* The last of "\n;{}" at or before e, else 0; *which gets its byte. */
+static lua_Integer head_stop(const Src *S, lua_Integer e, int *which) {
+  for (lua_Integer i = e > S->len ? S->len : e; i >= 1; i--) {
+    int c = S->s[i - 1];
+    if (c == '\n' || c == ';' || c == '{' || c == '}') {
+      *which = c;
+      return i;
+    }
+  }
+  *which = '\n';
+  return 0;
+}
+
+/* Parentheses from p back to stop: ")" opens (+1), "(" closes (-1); the
+ * depth starts at depth. lowest gets the last position looked at minus one
+ * when the depth reaches 0 going further back (stop == 0: unbounded), or
+ * -1 when it never does. */
+static lua_Integer paren_depth(const Src *S, lua_Integer p, lua_Integer stop) {
+  lua_Integer depth = 0;
+  for (lua_Integer i = p > S->len ? S->len : p; i >= stop && i >= 1; i--) {
+    int c = S->s[i - 1];
+    if (c == ')')
+      depth++;
+    else if (c == '(')
+      depth--;
+  }
+  return depth;
+}
+
+static void trim_range(const Src *S, lua_Integer *a, lua_Integer *b) {
+  while (*a <= *b && is_blank(at(S, *a)))
+    (*a)++;
+  while (*b >= *a && is_blank(at(S, *b)))
+    (*b)--;
+}
+
+static int t_js_block_head(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  lua_Integer e = luaL_checkinteger(L, 2);
+  if (e > S.len)
+    e = S.len;
+  int which;
+  lua_Integer stop = head_stop(&S, e, &which), a, b;
+  for (int round = 0; round < 6; round++) {
+    lua_Integer depth = paren_depth(&S, e, stop + 1);
+    a = stop + 1;
+    b = e;
+    trim_range(&S, &a, &b);
+    if (depth > 0) {
+      /* find the "(" that balances, then the rest of its line */
+      lua_Integer p = stop;
+      for (; p >= 1 && depth > 0; p--) {
+        int c = S.s[p - 1];
+        if (c == ')')
+          depth++;
+        else if (c == '(')
+          depth--;
+      }
+      if (depth > 0)
+        break;
+      int ignored;
+      stop = head_stop(&S, p, &ignored);
+    } else if (a > b && which == '\n') {
+      stop = head_stop(&S, stop - 1, &which);
+    } else {
+      lua_pushinteger(L, a);
+      lua_pushinteger(L, b);
+      return 2;
+    }
+    if (round == 5) {
+      a = stop + 1;
+      b = e;
+      trim_range(&S, &a, &b);
+    }
+  }
+  lua_pushinteger(L, a);
+  lua_pushinteger(L, b);
+  return 2;
+}
+
+static int t_js_open_before(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  lua_Integer p = luaL_checkinteger(L, 2);
+  lua_Integer budget = luaL_optinteger(L, 3, 400), used = 0, depth = 0;
+  for (lua_Integer i = p > S.len ? S.len : p; i >= 1 && used < budget; i--) {
+    int c = S.s[i - 1];
+    if (c == '}') {
+      used++;
+      depth++;
+    } else if (c == '{') {
+      used++;
+      if (depth == 0) {
+        lua_pushinteger(L, i);
+        lua_pushinteger(L, used);
+        return 2;
+      }
+      depth--;
+    }
+  }
   lua_pushnil(L);
-  return 1;
+  lua_pushinteger(L, used);
+  return 2;
 }
 
 static int t_js_expr_end(lua_State *L) {
@@ -653,6 +777,8 @@ int luaopen_runbook_text_core(lua_State *L) {
       {"js_lex", t_js_lex},
       {"js_in_code", t_js_in_code},
       {"js_args", t_js_args},
+      {"js_open_before", t_js_open_before},
+      {"js_block_head", t_js_block_head},
       {"js_expr_end", t_js_expr_end},
       {"js_quote_end", t_js_quote_end},
       {NULL, NULL},

@@ -24,6 +24,7 @@
 local fs = require("runbook.fs")
 local T = require("runbook.text")
 local find_all, last_of, js_in_code, js_args = T.find_all, T.last_of, T.js_in_code, T.js_args
+local js_open_before, js_block_head = T.js_open_before, T.js_block_head
 local worker = require("runbook.worker")
 local heap = require("runbook.heap")
 
@@ -39,8 +40,8 @@ M.WRANGLER_FILES = { ["wrangler.toml"] = true, ["wrangler.json"] = true, ["wrang
 
 local find, sub, byte, match, gmatch = string.find, string.sub, string.byte, string.match, string.gmatch
 
-local B_DQ, B_SQ, B_BT, B_SL, B_ST, B_NL = 34, 39, 96, 47, 42, 10
-local B_LB, B_RB, B_DOT, B_LP, B_RP, B_COLON = 123, 125, 46, 40, 41, 58
+local B_DQ, B_SQ, B_BT, B_SL, B_ST = 34, 39, 96, 47, 42
+local B_LB, B_DOT, B_LP, B_RP, B_COLON = 123, 46, 40, 41, 58
 
 -- the bytes of a JS name: as a set for text.last_of and as a lookup table;
 -- a call's receiver chain adds "." (and "?" "!" for optional chaining and
@@ -83,7 +84,7 @@ M.lex = T.js_lex
 ---@return (string|false)[]|nil args, integer close
 function M.call_args(text, open)
   local r, close = js_args(text, open)
-  if not r then return nil end
+  if not close then return nil end
   local args = {}
   for i = 1, #r, 2 do args[#args + 1] = r[i] <= r[i + 1] and sub(text, r[i], r[i + 1]) or false end
   return args, close
@@ -91,14 +92,15 @@ end
 
 -- What a KV call's analysis needs of its arguments: the first (the key)
 -- and the third (a put's options) without their blanks, and how many there
--- are (1 when the call does not close where it can be seen).
+-- are. When the call does not close where it can be seen (broken code),
+-- the arguments a comma ended still count, and there is at least one.
 ---@return string|nil a1, string|nil a3, integer nargs
 local function key_args(text, open)
-  local r = js_args(text, open)
-  if not r then return nil, nil, 1 end
+  local r, close = js_args(text, open)
   local a1 = r[1] and r[1] <= r[2] and sub(text, r[1], r[2]) or nil
   local a3 = r[5] and r[5] <= r[6] and sub(text, r[5], r[6]) or nil
-  return a1, a3, #r // 2
+  local n = #r // 2
+  return a1, a3, (close or n > 0) and n or 1
 end
 
 -- ------------------------------------------------------------------ words
@@ -733,88 +735,37 @@ local function hot_name(name)
   return nil
 end
 
--- Going back from position e of text: where the head of a block ends —
--- the last ";", "{", "}" or newline at or before e (0 when none) — and
--- which of them it is.
-local function head_stop(text, e)
-  local q = last_of(text, "\n;{}", e)
-  if not q then return 0, B_NL end
-  return q, byte(text, q)
-end
-
--- The head of the block whose "{" follows position e: the text before it
--- on its line; across lines when the line has nothing ("{" alone) or
--- ends a parenthesis opened earlier (multi-line parameters, the
--- `for (let i = 0; i < n; i++)` whose semicolons would stop it).
-local function block_head(text, e)
-  local stop, which = head_stop(text, e)
-  for _ = 1, 6 do
-    -- parentheses of the head, going back: ")" opens
-    local depth, p = 0, e
-    local q = last_of(text, "()", p, stop + 1)
-    while q do
-      depth = depth + (byte(text, q) == B_RP and 1 or -1)
-      p = q - 1
-      q = last_of(text, "()", p, stop + 1)
-    end
-    local fwd = trim(sub(text, stop + 1, e))
-    if depth > 0 then
-      -- find the "(" that balances, then the rest of its line
-      p = stop
-      while depth > 0 do
-        q = last_of(text, "()", p)
-        if not q then break end
-        depth = depth + (byte(text, q) == B_RP and 1 or -1)
-        p = q - 1
-      end
-      if depth > 0 then return fwd end
-      stop = head_stop(text, p)
-    elseif fwd == "" and which == B_NL then
-      stop, which = head_stop(text, stop - 1)
-    else
-      return fwd
-    end
-  end
-  return trim(sub(text, stop + 1, e))
-end
-
 -- Walk outwards from pos through the enclosing blocks (back through the
 -- braces) up to the enclosing named function: is the site in a loop or a
 -- handler that runs all the time? → hot (why) or nil, function name.
 local function context_at(F, pos)
   local text = F.text
-  local depth, p = 0, pos - 1
+  local p, budget = pos - 1, 400
   local hot, fn
-  for _ = 1, 400 do
-    local q = last_of(text, "{}", p)
+  while budget > 0 do
+    local q, used = js_open_before(text, p, budget)
     if not q then break end
-    p = q - 1
-    if byte(text, q) == B_RB then
-      depth = depth + 1
-    elseif depth > 0 then
-      depth = depth - 1
-    else
-      local memo = F.heads[q]
-      if not memo then
-        local kind, what = head_kind(block_head(text, q - 1))
-        local why
-        if kind == "loop" then
-          why = "in a loop (" .. what .. ")"
-        elseif kind == "route" then
-          why = "in a route handler (." .. what .. "(...), runs on every request)"
-        elseif kind == "function" and what ~= "" then
-          why = hot_name(what)
-        end
-        memo = { kind or false, what, why }
-        F.heads[q] = memo
+    budget, p = budget - used, q - 1
+    local memo = F.heads[q]
+    if not memo then
+      local kind, what = head_kind(sub(text, js_block_head(text, q - 1)))
+      local why
+      if kind == "loop" then
+        why = "in a loop (" .. what .. ")"
+      elseif kind == "route" then
+        why = "in a route handler (." .. what .. "(...), runs on every request)"
+      elseif kind == "function" and what ~= "" then
+        why = hot_name(what)
       end
-      local kind, what, why = memo[1], memo[2], memo[3]
-      hot = hot or why
-      -- a named function bounds the walk
-      if (kind == "function" and what ~= "") or kind == "top" then
-        if kind == "function" then fn = what end
-        break
-      end
+      memo = { kind or false, what, why }
+      F.heads[q] = memo
+    end
+    local kind, what, why = memo[1], memo[2], memo[3]
+    hot = hot or why
+    -- a named function bounds the walk
+    if (kind == "function" and what ~= "") or kind == "top" then
+      if kind == "function" then fn = what end
+      break
     end
   end
   return hot, fn

@@ -46,15 +46,29 @@ M.js_lex = core.js_lex
 M.js_in_code = core.js_in_code
 
 ---The top-level arguments of the call whose "(" is at open, strings,
----templates, comments and brackets skipped whole: a flat array {first1,
----last1, first2, last2, ...} of each argument without its blanks (first >
----last: blank) and the closing ")"; nil when it does not close within
----window bytes (default 8000).
+---templates, regexes, comments and brackets skipped whole: a flat array
+---{first1, last1, first2, last2, ...} of each argument without its blanks
+---(first > last: blank) and the closing ")". close is nil when the call does
+---not close within window bytes (default 8000); ranges then holds the
+---arguments a comma ended.
 ---@param s string
 ---@param open integer
 ---@param window integer|nil
----@return integer[]|nil ranges, integer close
+---@return integer[] ranges, integer|nil close
 M.js_args = core.js_args
+
+---Going back from p: the first "{" whose block holds p (braces on the way
+---balanced), and how many braces were looked at; nil (and that count) when
+---the text starts first or budget braces (default 400) were looked at.
+---Braces in strings and comments count: a cheap outline, not a parse.
+---@return integer|nil pos, integer used
+M.js_open_before = core.js_open_before
+
+---The head of the block whose "{" follows position e, without blanks: back
+---to the last ";", "{", "}" or newline, across lines when its line is empty
+---or closes a parenthesis opened earlier (at most 6 lines back).
+---@return integer first, integer last  (first > last: empty)
+M.js_block_head = core.js_block_head
 
 ---From just inside a "{" or "${": the position after the "}" closing it
 ---(#s + 1 when none does).
