@@ -11,6 +11,13 @@
  * Then last_of, with the first needle as the set, at every init from -1 to
  * #text+1, a stop and inside/outside taken from byte 0, must equal a naive
  * backward loop over the clamped range.
+ *
+ * Then the JS outline functions on the text as source: js_lex's ranges
+ * must be sorted, apart and inside the text (a literal may end at #text);
+ * js_in_code at every position must agree with them; js_args from every
+ * "(" must give ranges between it and its close (or the window), in order;
+ * js_open_before must land on a "{" before p, js_block_head inside 1..e,
+ * js_expr_end and js_quote_end inside 1..#text+1.
  */
 #include "../text.c"
 
@@ -26,6 +33,93 @@ static lua_Integer geti(lua_State *L, int t, lua_Integer i) {
   lua_Integer v = lua_tointeger(L, -1);
   lua_pop(L, 1);
   return v;
+}
+
+static lua_Integer call_int(lua_State *L, lua_CFunction f, const char *s, size_t len, lua_Integer a,
+                            lua_Integer b, int nres, lua_Integer *second) {
+  lua_settop(L, 0);
+  lua_pushcfunction(L, f);
+  lua_pushlstring(L, s, len);
+  lua_pushinteger(L, a);
+  lua_pushinteger(L, b);
+  if (lua_pcall(L, 3, nres, 0) != LUA_OK)
+    FAIL("js function raised: %s", lua_tostring(L, -1));
+  if (second)
+    *second = lua_isnil(L, -1) ? -1 : lua_tointeger(L, -1);
+  return lua_isnil(L, -nres) ? 0 : lua_tointeger(L, -nres);
+}
+
+static void js_checks(lua_State *L, const char *s, size_t len) {
+  lua_Integer n = (lua_Integer)len;
+  /* js_lex: sorted, apart, inside */
+  lua_settop(L, 0);
+  lua_pushcfunction(L, t_js_lex);
+  lua_pushlstring(L, s, len);
+  if (lua_pcall(L, 1, 3, 0) != LUA_OK)
+    FAIL("js_lex raised: %s", lua_tostring(L, -1));
+  lua_Integer k = lua_tointeger(L, 3), prev = 0;
+  char *in = calloc(len + 2, 1);
+  if (in == NULL)
+    abort();
+  for (lua_Integer i = 1; i <= k; i++) {
+    lua_Integer a = geti(L, 1, i), b = geti(L, 2, i);
+    if (a < 1 || a > n + 1 || b > n || b < a - 1 || a <= prev)
+      FAIL("js_lex range %lld: %lld..%lld after %lld in %lld bytes", (long long)i, (long long)a,
+           (long long)b, (long long)prev, (long long)n);
+    for (lua_Integer p = a; p <= b; p++)
+      in[p] = 1;
+    prev = b >= a ? b : a - 1;
+  }
+  /* js_in_code at every position agrees */
+  lua_settop(L, 0);
+  lua_pushcfunction(L, t_js_in_code);
+  lua_pushlstring(L, s, len);
+  lua_createtable(L, (int)n, 0);
+  for (lua_Integer p = 1; p <= n; p++) {
+    lua_pushinteger(L, p);
+    lua_rawseti(L, -2, p);
+  }
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK)
+    FAIL("js_in_code raised: %s", lua_tostring(L, -1));
+  for (lua_Integer p = 1; p <= n; p++) {
+    lua_rawgeti(L, 1, p);
+    int code = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (code == in[p])
+      FAIL("js_in_code(%lld) = %d, js_lex says %s", (long long)p, code, in[p] ? "literal" : "code");
+  }
+  free(in);
+  for (lua_Integer p = 1; p <= n; p++) {
+    char c = s[p - 1];
+    if (c == '(') {
+      lua_Integer close = -1;
+      call_int(L, t_js_args, s, len, p, 64, 2, &close);
+      lua_Integer m = (lua_Integer)lua_rawlen(L, 1), last = p;
+      for (lua_Integer i = 1; i <= m; i += 2) {
+        lua_Integer a = geti(L, 1, i), b = geti(L, 1, i + 1);
+        if (a <= last || (close > 0 && b >= close) || b > n || b < a - 1 - 64)
+          FAIL("js_args(%lld) range %lld..%lld after %lld, close %lld", (long long)p, (long long)a,
+               (long long)b, (long long)last, (long long)close);
+        last = b > a ? b : a;
+      }
+      if (close > 0 && (close <= p || close > n || s[close - 1] != ')'))
+        FAIL("js_args(%lld) closes at %lld", (long long)p, (long long)close);
+    }
+    lua_Integer used = 0, q = call_int(L, t_js_open_before, s, len, p, 400, 2, &used);
+    if (q && (q > p || s[q - 1] != '{'))
+      FAIL("js_open_before(%lld) = %lld", (long long)p, (long long)q);
+    lua_Integer last = 0, first = call_int(L, t_js_block_head, s, len, p, 0, 2, &last);
+    if (first < 1 || last > p || (first <= last && (first > p)))
+      FAIL("js_block_head(%lld) = %lld..%lld", (long long)p, (long long)first, (long long)last);
+    lua_Integer e = call_int(L, t_js_expr_end, s, len, p, 0, 1, NULL);
+    if (e < p || e > n + 1)
+      FAIL("js_expr_end(%lld) = %lld", (long long)p, (long long)e);
+    if (c == '"' || c == '\'') {
+      e = call_int(L, t_js_quote_end, s, len, p, 0, 1, NULL);
+      if (e <= p || e > n + 1 || (e <= n && s[e - 1] != c && s[e - 1] != '\n'))
+        FAIL("js_quote_end(%lld) = %lld", (long long)p, (long long)e);
+    }
+  }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -114,6 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       FAIL("last_of(init %lld, stop %lld, outside %d) = %lld, expected %lld", (long long)init,
            (long long)stop, outside, (long long)got, (long long)want);
   }
+  js_checks(L, s, len);
   lua_close(L);
   return 0;
 }
