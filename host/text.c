@@ -82,11 +82,58 @@
  */
 #define _GNU_SOURCE
 #include <ctype.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <string.h>
 
 #include "host.h"
 
 #define MAX_NEEDLES 16
+
+typedef struct {
+  lua_Integer pos, which, line, lstart, at;
+} Hit;
+
+/* How many newlines s[a..b) holds. */
+static size_t count_nl(const char *a, const char *b) {
+  size_t n = 0;
+#ifdef __SSE2__
+  const __m128i nl = _mm_set1_epi8('\n');
+  for (; b - a >= 16; a += 16)
+    n += (size_t)__builtin_popcount(
+        (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)a), nl)));
+#endif
+  for (; a < b; a++)
+    n += *a == '\n';
+  return n;
+}
+
+/* The first position from p where byte c is followed by one of the n
+ * bytes of secs (a dot before "p", "g"...), else NULL: 16 positions at a
+ * time where SSE2 is there, where memchr would stop at every dot. */
+static const char *next_pair(const char *p, const char *end, unsigned char c, const unsigned char *secs, int n) {
+#ifdef __SSE2__
+  const __m128i first = _mm_set1_epi8((char)c);
+  __m128i sv[8];
+  for (int i = 0; i < n; i++)
+    sv[i] = _mm_set1_epi8((char)secs[i]);
+  for (; end - p >= 17; p += 16) {
+    __m128i v0 = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i v1 = _mm_loadu_si128((const __m128i *)(const void *)(p + 1));
+    __m128i m2 = _mm_setzero_si128();
+    for (int i = 0; i < n; i++)
+      m2 = _mm_or_si128(m2, _mm_cmpeq_epi8(v1, sv[i]));
+    unsigned mask = (unsigned)_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(v0, first), m2));
+    if (mask)
+      return p + __builtin_ctz(mask);
+  }
+#endif
+  for (; end - p >= 2; p++)
+    if ((unsigned char)p[0] == c && memchr(secs, (unsigned char)p[1], (size_t)n) != NULL)
+      return p;
+  return NULL;
+}
 
 static int t_find_all(lua_State *L) {
   size_t len;
@@ -117,71 +164,94 @@ static int t_find_all(lua_State *L) {
   const char *follow = luaL_optlstring(L, 3, NULL, &fl);
   luaL_argcheck(L, follow == NULL || fl == 1, 3, "follow must be one byte");
   lua_settop(L, 3);
-  lua_createtable(L, 8, 0); /* pos */
-  lua_createtable(L, 8, 0); /* which */
-  lua_createtable(L, 8, 0); /* line */
-  lua_createtable(L, 8, 0); /* lstart */
-  if (follow)
-    lua_createtable(L, 8, 0); /* at */
-  int base = 4;
   const char *end = s + len;
-  const char *nlp = memchr(s, '\n', len); /* the next newline not yet counted */
-  lua_Integer line = 1, out = 0;
+  /* the hits are gathered first (in `local`, then in a userdata when there
+   * are more), so each result table is made once at its size: most files
+   * have no hit, and five empty tables cost nothing to fill */
+  Hit local[64], *hits = local;
+  size_t nh = 0, cap = 64;
+  const char *counted = s; /* newlines before this are counted */
+  lua_Integer line = 1;
   size_t ls = 0; /* 0-based start of the current line */
+  int nsec = 0;
+  unsigned char secs[8];
+  for (int c = 0; c < 256 && nsec <= 8; c++)
+    if (second[c]) {
+      if (nsec < 8)
+        secs[nsec] = (unsigned char)c;
+      nsec++;
+    }
   const unsigned char only = (unsigned char)nd[0][0];
-  for (const char *p = s; p < end; p++) {
-    if (distinct == 1) {
-      p = memchr(p, only, (size_t)(end - p));
-      if (p == NULL)
-        break;
-    } else if (!first[(unsigned char)*p]) {
-      continue;
+  const char *p = s;
+  for (;;) {
+    /* the next byte that may start a needle */
+    if (distinct == 1 && !short_needle && nsec <= 8) {
+      p = next_pair(p, end, only, secs, nsec);
+    } else if (distinct == 1) {
+      p = p < end ? memchr(p, only, (size_t)(end - p)) : NULL;
+    } else {
+      while (p < end && !first[(unsigned char)*p])
+        p++;
+      if (p == end)
+        p = NULL;
     }
+    if (p == NULL)
+      break;
     size_t left = (size_t)(end - p);
-    /* most candidate bytes (a dot) are followed by no needle's 2nd byte */
-    if (!short_needle && (left < 2 || !second[(unsigned char)p[1]]))
-      continue;
     int hit = -1;
-    for (int i = 0; i < (int)k && hit < 0; i++) {
-      const char *n = nd[i];
-      size_t m = nl[i];
-      if (n[0] != *p || m > left)
-        continue;
-      if (m > 1 && n[1] != p[1])
-        continue;
-      if (m <= 2 || memcmp(p + 2, n + 2, m - 2) == 0)
-        hit = i;
-    }
-    if (hit < 0)
-      continue;
+    /* most candidate bytes (a dot) are followed by no needle's 2nd byte */
+    if (short_needle || (left >= 2 && second[(unsigned char)p[1]]))
+      for (int i = 0; i < (int)k && hit < 0; i++) {
+        const char *n = nd[i];
+        size_t m = nl[i];
+        if (n[0] != *p || m > left)
+          continue;
+        if (m > 1 && n[1] != p[1])
+          continue;
+        if (m <= 2 || memcmp(p + 2, n + 2, m - 2) == 0)
+          hit = i;
+      }
     const char *f = NULL;
-    if (follow) {
+    if (hit >= 0 && follow) {
       f = p + nl[hit];
       while (f < end && isspace((unsigned char)*f))
         f++;
       if (f == end || *f != follow[0])
-        continue;
+        hit = -1;
     }
-    while (nlp != NULL && nlp < p) {
-      line++;
-      ls = (size_t)(nlp - s) + 1;
-      nlp = memchr(nlp + 1, '\n', (size_t)(end - nlp - 1));
+    if (hit < 0) {
+      p++;
+      continue;
     }
-    out++;
-    lua_pushinteger(L, (lua_Integer)(p - s) + 1);
-    lua_rawseti(L, base, out);
-    lua_pushinteger(L, hit + 1);
-    lua_rawseti(L, base + 1, out);
-    lua_pushinteger(L, line);
-    lua_rawseti(L, base + 2, out);
-    lua_pushinteger(L, (lua_Integer)ls + 1);
-    lua_rawseti(L, base + 3, out);
-    if (f) {
-      lua_pushinteger(L, (lua_Integer)(f - s) + 1);
-      lua_rawseti(L, base + 4, out);
+    if (counted < p) {
+      size_t n = count_nl(counted, p);
+      if (n) {
+        line += (lua_Integer)n;
+        const char *last = memrchr(counted, '\n', (size_t)(p - counted));
+        ls = (size_t)(last - s) + 1;
+      }
+      counted = p;
+    }
+    if (nh == cap) {
+      Hit *more = lua_newuserdatauv(L, 2 * cap * sizeof *more, 0); /* kept on the stack */
+      memcpy(more, hits, nh * sizeof *more);
+      hits = more;
+      cap *= 2;
+    }
+    hits[nh++] = (Hit){(lua_Integer)(p - s) + 1, hit + 1, line, (lua_Integer)ls + 1,
+                       f ? (lua_Integer)(f - s) + 1 : 0};
+    p++;
+  }
+  int base = lua_gettop(L) + 1, nt = follow ? 5 : 4;
+  for (int t = 0; t < nt; t++) {
+    lua_createtable(L, (int)nh, 0);
+    for (size_t i = 0; i < nh; i++) {
+      const Hit *h = &hits[i];
+      lua_pushinteger(L, t == 0 ? h->pos : t == 1 ? h->which : t == 2 ? h->line : t == 3 ? h->lstart : h->at);
+      lua_rawseti(L, base + t, (lua_Integer)i + 1);
     }
   }
-  return follow ? 5 : 4;
+  return nt;
 }
 
 static int t_last_of(lua_State *L) {
