@@ -897,7 +897,7 @@ function M.analyze(text, path, A)
         -- every field a site gets later (here, in scan and in classify) is
         -- named, nil, so the table is sized once instead of growing twice
         local site = { file = path, line = line, op = op, binding = r.binding, receiver = R, via = r.via, how = r.how,
-          key_expr = a1 and a1:gsub("%s+", " ") or "", key = nil, prefix = nil, ttl = nil, hot = nil, fn = nil,
+          key_expr = a1 and (find(a1, "%s") and a1:gsub("%s+", " ") or a1) or "", key = nil, prefix = nil, ttl = nil, hot = nil, fn = nil,
           id = nil, category = nil, category_reason = nil, what = nil, home = nil, home_reason = nil }
         if op == "list" then
           site.prefix = list_prefix(F, a1, dot)
