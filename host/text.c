@@ -304,6 +304,13 @@ static inline int at(const Src *S, lua_Integer i) {
   return i >= 1 && i <= S->len ? S->s[i - 1] : -1;
 }
 
+/* The string argument i as a Src. */
+static Src check_src(lua_State *L, int i) {
+  size_t len;
+  const char *s = luaL_checklstring(L, i, &len);
+  return (Src){(const unsigned char *)s, (lua_Integer)len};
+}
+
 /* The first position >= p whose byte is in the set, else 0. */
 static lua_Integer next_in(const Src *S, lua_Integer p, const unsigned char *set) {
   for (lua_Integer i = p < 1 ? 1 : p; i <= S->len; i++)
@@ -532,9 +539,7 @@ static int lex_range(Sink *k, lua_Integer a, lua_Integer b) {
 }
 
 static int t_js_lex(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  Src S = check_src(L, 1);
   lua_Integer limit = luaL_optinteger(L, 2, S.len);
   lua_settop(L, 2);
   lua_createtable(L, 16, 0); /* S: 3 */
@@ -567,9 +572,7 @@ static int code_range(Sink *k, lua_Integer a, lua_Integer b) {
 }
 
 static int t_js_in_code(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  Src S = check_src(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_Integer total = (lua_Integer)lua_rawlen(L, 2), last = 0;
@@ -653,9 +656,7 @@ static void push_arg(lua_State *L, const Src *S, lua_Integer a, lua_Integer e, l
 }
 
 static int t_js_args(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  Src S = check_src(L, 1);
   lua_Integer open = luaL_checkinteger(L, 2);
   lua_Integer window = luaL_optinteger(L, 3, 8000);
   lua_settop(L, 3);
@@ -750,9 +751,7 @@ static void trim_range(const Src *S, lua_Integer *a, lua_Integer *b) {
 }
 
 static int t_js_block_head(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  Src S = check_src(L, 1);
   lua_Integer e = luaL_checkinteger(L, 2);
   if (e > S.len)
     e = S.len;
@@ -796,9 +795,7 @@ static int t_js_block_head(lua_State *L) {
 }
 
 static int t_js_open_before(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  Src S = check_src(L, 1);
   lua_Integer p = luaL_checkinteger(L, 2);
   lua_Integer budget = luaL_optinteger(L, 3, 400), used = 0, depth = 0;
   for (lua_Integer i = p > S.len ? S.len : p; i >= 1 && used < budget; i--) {
@@ -822,18 +819,14 @@ static int t_js_open_before(lua_State *L) {
 }
 
 static int t_js_expr_end(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  Src S = check_src(L, 1);
   lua_Integer e = skip_expr(&S, luaL_checkinteger(L, 2), 0);
   lua_pushinteger(L, e ? e : S.len + 1);
   return 1;
 }
 
 static int t_js_quote_end(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  Src S = {(const unsigned char *)s, (lua_Integer)len};
+  Src S = check_src(L, 1);
   lua_Integer q = luaL_checkinteger(L, 2);
   luaL_argcheck(L, at(&S, q) == '"' || at(&S, q) == '\'', 2, "not at a quote");
   lua_pushinteger(L, quote_end(&S, q));
