@@ -95,42 +95,45 @@ typedef struct {
   lua_Integer pos, which, line, lstart, at;
 } Hit;
 
-/* How many newlines s[a..b) holds. */
+/* How many newlines s[a..b) holds: 16 bytes at a time where SSE2 is
+ * there, the matches summed in byte lanes (psadbw every 255 blocks). */
 static size_t count_nl(const char *a, const char *b) {
   size_t n = 0;
 #ifdef __SSE2__
-  const __m128i nl = _mm_set1_epi8('\n');
-  for (; b - a >= 16; a += 16)
-    n += (size_t)__builtin_popcount(
-        (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)a), nl)));
+  const __m128i nl = _mm_set1_epi8('\n'), zero = _mm_setzero_si128();
+  while (b - a >= 16) {
+    __m128i acc = zero;
+    for (int k = 0; k < 255 && b - a >= 16; k++, a += 16)
+      acc = _mm_sub_epi8(acc, _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)a), nl));
+    __m128i sum = _mm_sad_epu8(acc, zero);
+    n += (size_t)_mm_cvtsi128_si32(sum) + (size_t)_mm_extract_epi16(sum, 4);
+  }
 #endif
   for (; a < b; a++)
     n += *a == '\n';
   return n;
 }
 
-/* The first position from p where byte c is followed by one of the n
- * bytes of secs (a dot before "p", "g"...), else NULL: 16 positions at a
- * time where SSE2 is there, where memchr would stop at every dot. */
-static const char *next_pair(const char *p, const char *end, unsigned char c, const unsigned char *secs, int n) {
+/* The first position from p where byte c is followed by a byte of the set
+ * `second`, else NULL. memchr would stop at every dot of a JS file: here 16
+ * positions are looked at a time where SSE2 is there, and only the dots
+ * among them have their next byte looked up. */
+static const char *next_pair(const char *p, const char *end, unsigned char c, const unsigned char *second) {
 #ifdef __SSE2__
   const __m128i first = _mm_set1_epi8((char)c);
-  __m128i sv[8];
-  for (int i = 0; i < n; i++)
-    sv[i] = _mm_set1_epi8((char)secs[i]);
   for (; end - p >= 17; p += 16) {
-    __m128i v0 = _mm_loadu_si128((const __m128i *)(const void *)p);
-    __m128i v1 = _mm_loadu_si128((const __m128i *)(const void *)(p + 1));
-    __m128i m2 = _mm_setzero_si128();
-    for (int i = 0; i < n; i++)
-      m2 = _mm_or_si128(m2, _mm_cmpeq_epi8(v1, sv[i]));
-    unsigned mask = (unsigned)_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(v0, first), m2));
-    if (mask)
-      return p + __builtin_ctz(mask);
+    unsigned mask = (unsigned)_mm_movemask_epi8(
+        _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)p), first));
+    while (mask) {
+      int i = __builtin_ctz(mask);
+      if (second[(unsigned char)p[i + 1]])
+        return p + i;
+      mask &= mask - 1;
+    }
   }
 #endif
   for (; end - p >= 2; p++)
-    if ((unsigned char)p[0] == c && memchr(secs, (unsigned char)p[1], (size_t)n) != NULL)
+    if ((unsigned char)p[0] == c && second[(unsigned char)p[1]])
       return p;
   return NULL;
 }
@@ -173,20 +176,12 @@ static int t_find_all(lua_State *L) {
   const char *counted = s; /* newlines before this are counted */
   lua_Integer line = 1;
   size_t ls = 0; /* 0-based start of the current line */
-  int nsec = 0;
-  unsigned char secs[8];
-  for (int c = 0; c < 256 && nsec <= 8; c++)
-    if (second[c]) {
-      if (nsec < 8)
-        secs[nsec] = (unsigned char)c;
-      nsec++;
-    }
   const unsigned char only = (unsigned char)nd[0][0];
   const char *p = s;
   for (;;) {
     /* the next byte that may start a needle */
-    if (distinct == 1 && !short_needle && nsec <= 8) {
-      p = next_pair(p, end, only, secs, nsec);
+    if (distinct == 1 && !short_needle) {
+      p = next_pair(p, end, only, second);
     } else if (distinct == 1) {
       p = p < end ? memchr(p, only, (size_t)(end - p)) : NULL;
     } else {
@@ -311,10 +306,33 @@ static Src check_src(lua_State *L, int i) {
   return (Src){(const unsigned char *)s, (lua_Integer)len};
 }
 
+/* A set of bytes a scan stops at: its table, and the bytes themselves
+ * (at most 12) for the 16-at-a-time search. */
+typedef struct {
+  unsigned char in[256];
+  const char *bytes;
+} Set;
+
 /* The first position >= p whose byte is in the set, else 0. */
-static lua_Integer next_in(const Src *S, lua_Integer p, const unsigned char *set) {
-  for (lua_Integer i = p < 1 ? 1 : p; i <= S->len; i++)
-    if (set[S->s[i - 1]])
+static lua_Integer next_in(const Src *S, lua_Integer p, const Set *set) {
+  lua_Integer i = p < 1 ? 1 : p;
+#ifdef __SSE2__
+  __m128i want[12];
+  int n = 0;
+  for (const char *b = set->bytes; *b && n < 12; b++)
+    want[n++] = _mm_set1_epi8(*b);
+  for (; S->len - i + 1 >= 16; i += 16) {
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(S->s + i - 1));
+    __m128i m = _mm_cmpeq_epi8(v, want[0]);
+    for (int k = 1; k < n; k++)
+      m = _mm_or_si128(m, _mm_cmpeq_epi8(v, want[k]));
+    unsigned mask = (unsigned)_mm_movemask_epi8(m);
+    if (mask)
+      return i + __builtin_ctz(mask);
+  }
+#endif
+  for (; i <= S->len; i++)
+    if (set->in[S->s[i - 1]])
       return i;
   return 0;
 }
@@ -336,13 +354,13 @@ static lua_Integer comment_end(const Src *S, lua_Integer p) {
   return 0;
 }
 
-/* The bytes each scan stops at, as 256-entry tables (constant: worker
- * threads share them). */
-static const unsigned char TOP_SET[256] = {['"'] = 1, ['\''] = 1, ['`'] = 1, ['/'] = 1};
-static const unsigned char EXPR_SET[256] = {['"'] = 1, ['\''] = 1, ['`'] = 1, ['/'] = 1, ['{'] = 1, ['}'] = 1};
-static const unsigned char SKIP_SET[256] = {['"'] = 1, ['\''] = 1, ['`'] = 1, ['{'] = 1, ['}'] = 1};
-static const unsigned char ARGS_SET[256] = {['('] = 1, [')'] = 1, ['['] = 1, [']'] = 1, ['{'] = 1, ['}'] = 1,
-                                            ['"'] = 1, ['\''] = 1, ['`'] = 1, [','] = 1, ['/'] = 1};
+/* The bytes each scan stops at (constant: worker threads share them). */
+static const Set TOP_SET = {{['"'] = 1, ['\''] = 1, ['`'] = 1, ['/'] = 1}, "\"'`/"};
+static const Set EXPR_SET = {{['"'] = 1, ['\''] = 1, ['`'] = 1, ['/'] = 1, ['{'] = 1, ['}'] = 1}, "\"'`/{}"};
+static const Set SKIP_SET = {{['"'] = 1, ['\''] = 1, ['`'] = 1, ['{'] = 1, ['}'] = 1}, "\"'`{}"};
+static const Set ARGS_SET = {{['('] = 1, [')'] = 1, ['['] = 1, [']'] = 1, ['{'] = 1, ['}'] = 1, ['"'] = 1,
+                              ['\''] = 1, ['`'] = 1, [','] = 1, ['/'] = 1},
+                             "()[]{}\"'`,/"};
 /* after these (blanks skipped) a "/" starts a regex, not a division */
 static const unsigned char REGEX_AFTER[256] = {
     ['('] = 1, [','] = 1, ['='] = 1, [':'] = 1, ['['] = 1, ['!'] = 1, ['&'] = 1, ['|'] = 1, ['?'] = 1,
@@ -474,7 +492,7 @@ static void lex_run(lua_State *L, const Src *S, lua_Integer limit, Sink *k) {
   Depths d = {v, 0, 32, lua_gettop(L)};
   lua_Integer p = 1;
   while (p <= limit) {
-    lua_Integer q = next_in(S, p, d.top > 0 ? EXPR_SET : TOP_SET);
+    lua_Integer q = next_in(S, p, d.top > 0 ? &EXPR_SET : &TOP_SET);
     if (q == 0 || q > limit)
       break;
     int c = at(S, q), open, stop = 0;
@@ -607,7 +625,7 @@ static lua_Integer skip_expr(const Src *S, lua_Integer p, int nest) {
     return 0;
   lua_Integer depth = 0;
   for (;;) {
-    lua_Integer q = next_in(S, p, SKIP_SET);
+    lua_Integer q = next_in(S, p, &SKIP_SET);
     if (q == 0)
       return S->len + 1;
     int c = at(S, q);
@@ -663,7 +681,7 @@ static int t_js_args(lua_State *L) {
   lua_createtable(L, 6, 0);
   lua_Integer depth = 0, p = open + 1, a = open + 1, stop = open + window, k = 0;
   while (p <= stop) {
-    lua_Integer q = next_in(&S, p, ARGS_SET);
+    lua_Integer q = next_in(&S, p, &ARGS_SET);
     if (q == 0 || q > stop)
       break;
     int c = at(&S, q);
