@@ -10,16 +10,16 @@
 --
 -- It has to keep up with `grep -rEn` on large trees, so the cheap test runs
 -- first and the costly ones only where they can matter: one C pass
--- (runbook.text.find_all) finds ".put"/".get"/".delete"/".list" with their
--- line numbers and decides which files need analysis; a
--- lexer that jumps from quote to quote and slash to slash marks comments
--- and literals (never one character at a time); receivers and enclosing
--- blocks are read backwards through a reversed copy of the file with
--- anchored matches; identifier definitions are looked up only for the
--- receivers that need them, once per file.
+-- (runbook.text.find_all) finds the ".put(" / ".get(" / ".delete(" /
+-- ".list(" calls with their line numbers and decides which files need
+-- analysis. What is mechanical about a call is done in C too
+-- (runbook.text's js_* functions: is it code, its arguments, the blocks
+-- around it); what it means is decided here: what the receiver is, what a
+-- key prefix says, which block makes a site hot. Identifier definitions are
+-- looked up only for the receivers that need them, once per file.
 --
--- Pure Lua on runbook.fs; it reads files and never writes one (the runbook
--- writes the baseline, so modes apply).
+-- Lua on runbook.fs and runbook.text; it reads files and never writes one
+-- (the runbook writes the baseline, so modes apply).
 
 local fs = require("runbook.fs")
 local T = require("runbook.text")
@@ -63,7 +63,7 @@ end
 -- ------------------------------------------------------------------ lexing
 
 -- Lua patterns cost a hundred or more instructions per byte they look at;
--- a plain find is memchr. So every scan below is plain finds, and a
+-- a plain find is memchr. So every scan here is C or a plain find, and a
 -- character class is only ever matched anchored, over a few bytes.
 
 ---The parts of JS/TS source that are not code, up to `limit` (default:
