@@ -593,7 +593,7 @@ static int t_js_in_code(lua_State *L) {
   Src S = check_src(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  lua_Integer total = (lua_Integer)lua_rawlen(L, 2), last = 0;
+  lua_Integer total = (lua_Integer)lua_rawlen(L, 2), last = LUA_MININTEGER;
   for (lua_Integer i = 1; i <= total; i++) {
     lua_Integer p = pos_at(L, 2, i);
     if (p < last)
