@@ -66,30 +66,6 @@ end
 -- a plain find is memchr. So every scan here is C or a plain find, and a
 -- character class is only ever matched anchored, over a few bytes.
 
----The parts of JS/TS source that are not code, up to `limit` (default:
----the end): comments and the insides of string, template (not its `${...}`
----expressions) and regex literals, as sorted inclusive ranges S[i]..E[i]
----(an empty range has E < S). One C pass (runbook.text.js_lex).
----@param text string
----@param limit integer|nil
----@return integer[] S, integer[] E, integer n
-M.lex = T.js_lex
-
----A call's top-level arguments (strings, templates, comments and brackets
----skipped whole): a list of their texts without surrounding blanks (nil
----for a blank one) and the position of the closing ")"; nil when the call
----does not close within 8000 bytes.
----@param text string
----@param open integer  position of "("
----@return (string|false)[]|nil args, integer close
-function M.call_args(text, open)
-  local r, close = js_args(text, open)
-  if not close then return nil end
-  local args = {}
-  for i = 1, #r, 2 do args[#args + 1] = r[i] <= r[i + 1] and sub(text, r[i], r[i + 1]) or false end
-  return args, close
-end
-
 -- What a KV call's analysis needs of its arguments: the first (the key)
 -- and the third (a put's options) without their blanks, and how many there
 -- are. When the call does not close where it can be seen (broken code),
@@ -822,9 +798,8 @@ local EXPR_REASON = "the receiver is an expression, not a binding"
 ---@return table[] sites, table[] excluded, table facts { do_bindings = {...}, types = {...} }
 function M.analyze(text, path, A)
   A = A or M.analyzer()
-  -- every ".put"/".get"/".delete"/".list" with its line, in one C pass (a
-  -- string.find loop stops at every dot once per needle, and numbering
-  -- lines costs a find per newline)
+  -- every ".put("/".get("/".delete("/".list(" call with its line and its
+  -- paren, in one C pass
   local cands, which, lines, _, parens = find_all(text, NEEDLES, "(")
   local n = #cands
   local sites, excluded = {}, {}
@@ -876,9 +851,9 @@ function M.analyze(text, path, A)
     else
       reason = r.reason
       if r.unknown and op == "put" and find(words(R), "_cache_", 1, true) then
-        local args = M.call_args(text, parens[i])
-        local a1 = args and args[1] or ""
-        if args and #args == 2 and (find(a1, "^[%w_$%.]*[rR]eq") or find(a1, "^new%s+Request")) then
+        local r2, close = js_args(text, parens[i])
+        local a1 = r2[1] and r2[1] <= r2[2] and sub(text, r2[1], r2[2]) or ""
+        if close and #r2 == 4 and (find(a1, "^[%w_$%.]*[rR]eq") or find(a1, "^new%s+Request")) then
           reason = "Cache API: cache.put(request, response), not KV"
         end
       end
@@ -897,7 +872,7 @@ function M.analyze(text, path, A)
         -- every field a site gets later (here, in scan and in classify) is
         -- named, nil, so the table is sized once instead of growing twice
         local site = { file = path, line = line, op = op, binding = r.binding, receiver = R, via = r.via, how = r.how,
-          key_expr = a1 and (find(a1, "%s") and a1:gsub("%s+", " ") or a1) or "", key = nil, prefix = nil, ttl = nil, hot = nil, fn = nil,
+          key_expr = a1 and a1:gsub("%s+", " ") or "", key = nil, prefix = nil, ttl = nil, hot = nil, fn = nil,
           id = nil, category = nil, category_reason = nil, what = nil, home = nil, home_reason = nil }
         if op == "list" then
           site.prefix = list_prefix(F, a1, dot)

@@ -91,6 +91,23 @@ describe("text.last_of", function()
 end)
 
 describe("text.js_lex and js_in_code", function()
+  local function in_code(src, needle)
+    local pos = assert(src:find(needle, 1, true), needle)
+    return text.js_in_code(src, { pos })[1]
+  end
+
+  it("marks comments and literal text, not template expressions", function()
+    local src = "a(); // x\n/* y */ b('z', \"w\"); `t ${ u } v`; /r/.test(q)"
+    for _, code in ipairs({ "a()", "b(", "u", "test" }) do assert.is_true(in_code(src, code), code) end
+    for _, lit in ipairs({ "x", "y", "z", "w", "t ", "v`", "r/" }) do assert.is_false(in_code(src, lit), lit) end
+  end)
+
+  it("survives escapes and unterminated strings (a quote never runs past its line)", function()
+    local src = "x('it\\'s'); y(\"a\\\"b\"); z('open\nw();"
+    assert.is_true(in_code(src, "y("))
+    assert.is_true(in_code(src, "w()"))
+  end)
+
   it("gives comments whole and the insides of strings, templates and regexes", function()
     local src = "a // c\nb('s', \"t\") /* m */ `x${y}z` r = /re/g; d = n / 2 / 3"
     local S, E, n = text.js_lex(src)

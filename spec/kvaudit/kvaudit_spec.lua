@@ -385,38 +385,6 @@ describe("kvaudit.analyze on snippets", function()
   end)
 end)
 
-describe("kvaudit.lex", function()
-  local function in_code(src, needle)
-    local pos = assert(src:find(needle, 1, true), needle)
-    local S, E, n = kvaudit.lex(src)
-    for i = 1, n do
-      if S[i] <= pos and pos <= E[i] then return false end
-    end
-    return true
-  end
-
-  it("marks comments and literal text, not template expressions", function()
-    local src = "a(); // x\n/* y */ b('z', \"w\"); `t ${ u } v`; /r/.test(q)"
-    assert.is_true(in_code(src, "a()"))
-    assert.is_false(in_code(src, "x"))
-    assert.is_false(in_code(src, "y"))
-    assert.is_true(in_code(src, "b("))
-    assert.is_false(in_code(src, "z"))
-    assert.is_false(in_code(src, "w"))
-    assert.is_false(in_code(src, "t "))
-    assert.is_true(in_code(src, "u"))
-    assert.is_false(in_code(src, "v`"))
-    assert.is_false(in_code(src, "r/"))
-    assert.is_true(in_code(src, "test"))
-  end)
-
-  it("survives escapes and unterminated strings (a quote never runs past its line)", function()
-    local src = "x('it\\'s'); y(\"a\\\"b\"); z('open\nw();"
-    assert.is_true(in_code(src, "y("))
-    assert.is_true(in_code(src, "w()"))
-  end)
-end)
-
 describe("kvaudit.wrangler_bindings", function()
   it("reads [[kv_namespaces]], env sections, inline arrays, R2 and Durable Objects from TOML", function()
     local b = kvaudit.wrangler_bindings(cli.slurp(FIX .. "/wrangler.toml"), "wrangler.toml")
