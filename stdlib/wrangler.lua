@@ -7,6 +7,8 @@
 -- The wrangler binary comes from the environment (`wrangler = {"npx",
 -- "wrangler"}` in runbook.lua) or $RUNBOOK_WRANGLER, else `wrangler` on PATH.
 
+local redact = require("runbook.redact")
+
 local M = {}
 
 local function base(ctx)
@@ -37,10 +39,11 @@ local function target(a, t)
   return a
 end
 
--- wrangler's output without terminal colour codes (it colours errors even
--- under NO_COLOR), as lines that are not blank
+-- wrangler's output as the lines that are not blank, without terminal
+-- colour codes (it colours errors even under NO_COLOR), masked — after the
+-- codes are gone, so a code inside a secret cannot hide it from the mask
 local function lines(text)
-  text = (text or ""):gsub("\27%[[%d;?]*[%a]", ""):gsub("\r", "")
+  text = redact.mask((((text or ""):gsub("\27%[[%d;?]*[%a]", "")):gsub("\r", "")))
   local t = {}
   for l in text:gmatch("[^\n]+") do
     if l:find("%S") then t[#t + 1] = l:match("^%s*(.-)%s*$") end
@@ -54,8 +57,8 @@ end
 -- goes to the step's log, so the whole error is on record.
 local function check(r, what, ctx)
   if r.code == 0 then return r end
-  local t = lines(r.stderr_masked or r.stderr)
-  if #t == 0 then t = lines(r.stdout_masked or r.stdout) end
+  local t = lines(r.stderr)
+  if #t == 0 then t = lines(r.stdout) end
   local msg, used = (t[1] or ("exit " .. tostring(r.code))):gsub("^✘%s*", ""):gsub("^%[ERROR%]%s*", ""), 1
   if msg:find(":$") and t[2] then msg, used = msg .. " " .. t[2], 2 end
   if #msg > 300 then msg = msg:sub(1, 297) .. "..." end
@@ -105,9 +108,9 @@ end
 ---The account wrangler is logged into. A read.
 function M.whoami(ctx, t)
   t = t or {}
-  local r, err = check(ctx:run(argv(ctx, "whoami"), { read = true, cwd = wcwd(ctx),
-    fixture = t.fixture or { code = 0, stdout = "You are logged in with an API Token, associated with the email offline@example.com.\n" } }),
-    "wrangler whoami", ctx)
+  local r, err = read_retrying(ctx, argv(ctx, "whoami"), { read = true, cwd = wcwd(ctx),
+    fixture = t.fixture or { code = 0, stdout = "You are logged in with an API Token, associated with the email offline@example.com.\n" } },
+    "wrangler whoami")
   if not r then return nil, err end
   local email = r.stdout:match("associated with the email ([^%s]+)%.?")
   local account = r.stdout:match("│%s*([^│]-)%s*│%s*%x+%s*│")
