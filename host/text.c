@@ -745,10 +745,8 @@ static lua_Integer head_stop(const Src *S, lua_Integer e, int *which) {
   return 0;
 }
 
-/* Parentheses from p back to stop: ")" opens (+1), "(" closes (-1); the
- * depth starts at depth. lowest gets the last position looked at minus one
- * when the depth reaches 0 going further back (stop == 0: unbounded), or
- * -1 when it never does. */
+/* The parentheses of s[stop..p] counted going back: ")" opens (+1), "("
+ * closes (-1). */
 static lua_Integer paren_depth(const Src *S, lua_Integer p, lua_Integer stop) {
   lua_Integer depth = 0;
   for (lua_Integer i = p > S->len ? S->len : p; i >= stop && i >= 1; i--) {
@@ -759,6 +757,19 @@ static lua_Integer paren_depth(const Src *S, lua_Integer p, lua_Integer stop) {
       depth--;
   }
   return depth;
+}
+
+/* Going back from p with depth parentheses open: the "(" that closes the
+ * last of them, else 0. */
+static lua_Integer balancing_paren(const Src *S, lua_Integer p, lua_Integer depth) {
+  for (lua_Integer i = p; i >= 1; i--) {
+    int c = S->s[i - 1];
+    if (c == ')')
+      depth++;
+    else if (c == '(' && --depth == 0)
+      return i;
+  }
+  return 0;
 }
 
 static void trim_range(const Src *S, lua_Integer *a, lua_Integer *b) {
@@ -773,38 +784,24 @@ static int t_js_block_head(lua_State *L) {
   lua_Integer e = luaL_checkinteger(L, 2);
   if (e > S.len)
     e = S.len;
-  int which;
+  int which, ignored;
   lua_Integer stop = head_stop(&S, e, &which), a, b;
-  for (int round = 0; round < 6; round++) {
-    lua_Integer depth = paren_depth(&S, e, stop + 1);
+  for (int round = 0;; round++) {
     a = stop + 1;
     b = e;
     trim_range(&S, &a, &b);
-    if (depth > 0) {
-      /* find the "(" that balances, then the rest of its line */
-      lua_Integer p = stop;
-      for (; p >= 1 && depth > 0; p--) {
-        int c = S.s[p - 1];
-        if (c == ')')
-          depth++;
-        else if (c == '(')
-          depth--;
-      }
-      if (depth > 0)
+    if (round == 6)
+      break;
+    lua_Integer depth = paren_depth(&S, e, stop + 1);
+    if (depth > 0) { /* a parenthesis opened on an earlier line: go to its line */
+      lua_Integer open = balancing_paren(&S, stop, depth);
+      if (open == 0)
         break;
-      int ignored;
-      stop = head_stop(&S, p, &ignored);
-    } else if (a > b && which == '\n') {
+      stop = head_stop(&S, open - 1, &ignored);
+    } else if (a > b && which == '\n') { /* nothing on this line: the one before */
       stop = head_stop(&S, stop - 1, &which);
     } else {
-      lua_pushinteger(L, a);
-      lua_pushinteger(L, b);
-      return 2;
-    }
-    if (round == 5) {
-      a = stop + 1;
-      b = e;
-      trim_range(&S, &a, &b);
+      break;
     }
   }
   lua_pushinteger(L, a);
