@@ -160,7 +160,7 @@ static int opt_bool(lua_State *L, int t, const char *k, int def) {
 
 /* Option names, checked so a misspelt one raises instead of being ignored. */
 static void check_opts(lua_State *L, int t) {
-  static const char *const known[] = {"readonly", "create", "busy_timeout", NULL};
+  static const char *const known[] = {"readonly", "create", "busy_timeout", "persist_wal", NULL};
   lua_pushnil(L);
   while (lua_next(L, t) != 0) {
     lua_pop(L, 1);
@@ -179,13 +179,14 @@ static void check_opts(lua_State *L, int t) {
  * -> Db, or nil, msg, code. */
 static int c_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  int readonly = 0, create = 1;
+  int readonly = 0, create = 1, persist_wal = 0;
   lua_Integer busy = -1;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     check_opts(L, 2);
     readonly = opt_bool(L, 2, "readonly", 0);
     create = opt_bool(L, 2, "create", 1);
+    persist_wal = opt_bool(L, 2, "persist_wal", 0);
     if (lua_getfield(L, 2, "busy_timeout") != LUA_TNIL) {
       int isint = 0;
       busy = lua_tointegerx(L, -1, &isint);
@@ -216,6 +217,10 @@ static int c_open(lua_State *L) {
   sqlite3_extended_result_codes(d->db, 1);
   if (busy >= 0)
     sqlite3_busy_timeout(d->db, (int)busy);
+  if (persist_wal) {
+    int on = 1;
+    sqlite3_file_control(d->db, "main", SQLITE_FCNTL_PERSIST_WAL, &on);
+  }
   return 1;
 }
 

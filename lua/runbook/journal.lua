@@ -14,6 +14,7 @@ local M = {}
 local J = {}
 J.__index = J
 
+local SCHEMA_VERSION = 1
 local SCHEMA = [[
 CREATE TABLE IF NOT EXISTS runs(
   id TEXT PRIMARY KEY, runbook TEXT NOT NULL, env TEXT NOT NULL, mode TEXT NOT NULL,
@@ -37,8 +38,7 @@ CREATE TABLE IF NOT EXISTS locks(
 CREATE TABLE IF NOT EXISTS notifications(
   key TEXT PRIMARY KEY, last_sent_at REAL NOT NULL, sent INTEGER NOT NULL DEFAULT 0,
   suppressed INTEGER NOT NULL DEFAULT 0);
-PRAGMA user_version = 1;
-]]
+]] .. ("PRAGMA user_version = %d;"):format(SCHEMA_VERSION)
 
 local function now()
   return require("runbook.term.core").now()
@@ -67,13 +67,24 @@ function M.open(path)
     if not ok then return nil, "journal " .. path .. ": " .. err, code end
   end
   local sqlite = require("runbook.sqlite.core")
-  local db, err, code = sqlite.open(path, { busy_timeout = 5000 })
+  local db, err, code = sqlite.open(path, { busy_timeout = 5000, persist_wal = true })
   if not db then return nil, "journal " .. path .. ": " .. err, code end
   local self = setmetatable({ db = db, path = path, stmts = {} }, J)
   -- a file that is not a database (or not ours) is refused, never rewritten
   local ok
-  ok, err, code = db:exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
-  if ok then ok, err, code = db:exec("BEGIN IMMEDIATE;" .. SCHEMA .. "COMMIT;") end
+  ok, err, code = db:exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit=1048576;")
+  -- a journal already at this schema is not written to on open (parsing
+  -- the schema and a write transaction are most of what opening costs)
+  local version
+  if ok then
+    local st = db:prepare("PRAGMA user_version")
+    if st then
+      local row = st:step()
+      version = row and row.user_version
+      st:close()
+    end
+  end
+  if ok and version ~= SCHEMA_VERSION then ok, err, code = db:exec("BEGIN IMMEDIATE;" .. SCHEMA .. "COMMIT;") end
   if not ok then
     db:exec("ROLLBACK")
     db:close()

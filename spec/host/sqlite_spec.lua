@@ -29,6 +29,8 @@ teardown(function()
   for _, p in ipairs(tmpfiles) do
     os.remove(p)
     os.remove(p .. "-journal")
+    os.remove(p .. "-wal")
+    os.remove(p .. "-shm")
   end
 end)
 
@@ -94,6 +96,29 @@ describe("sqlite core: open", function()
     assert.equals("SQLITE_NOTADB", code)
     assert.matches("file is not a database", msg)
     db:close()
+  end)
+
+  it("persist_wal keeps the WAL file, emptied, when the last connection closes", function()
+    local function wal_after_close(opts)
+      local p = tmpdb()
+      tmpfiles[#tmpfiles + 1] = p .. "-wal"
+      tmpfiles[#tmpfiles + 1] = p .. "-shm"
+      local db = assert(core.open(p, opts))
+      assert(db:exec("PRAGMA journal_mode=WAL; PRAGMA journal_size_limit=0; CREATE TABLE t(x); INSERT INTO t VALUES (1)"))
+      assert.is_true(exists(p .. "-wal"))
+      db:close()
+      local f = io.open(p .. "-wal", "rb")
+      local size = f and f:seek("end")
+      if f then f:close() end
+      -- and the data reached the database itself
+      local r = assert(core.open(p, { readonly = true }))
+      assert.same({ n = 1 }, r:prepare("SELECT count(*) AS n FROM t"):step())
+      r:close()
+      return size
+    end
+    assert.is_nil(wal_after_close(nil))
+    assert.equals(0, wal_after_close({ persist_wal = true }))
+    assert.has_error(function() core.open(":memory:", { persist_wal = 1 }) end)
   end)
 
   it("raises on unknown options and bad option types", function()
