@@ -33,6 +33,15 @@
 #include "embed.h"
 #include "host.h"
 
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
 static const char *progname = "runbook";
 
 /* Message handler: turn any error into a string with a traceback (the
@@ -187,6 +196,28 @@ static int pmain(lua_State *L) {
   return 1;
 }
 
+/* The allocator lua_close runs with when the process is about to exit: every
+ * finalizer still runs (journal, temp files, child processes, threads are
+ * closed as they would be), but the ~10^5 objects a scan leaves are not
+ * handed back to malloc one by one; the kernel takes the heap back whole.
+ * That free() loop was ~0.6 ms of a kv-audit run. Memory checkers (ASan's
+ * leak check, valgrind) get the real lua_close, so a leak still shows. */
+static void *exit_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  (void)osize;
+  if (nsize == 0)
+    return NULL;
+  return realloc(ptr, nsize);
+}
+
+static void close_state(lua_State *L) {
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  if (!RUNNING_ON_VALGRIND)
+    lua_setallocf(L, exit_alloc, NULL);
+#endif
+  lua_close(L);
+}
+
 int main(int argc, char **argv) {
   if (argv[0] != NULL && argv[0][0] != '\0')
     progname = argv[0];
@@ -214,6 +245,6 @@ int main(int argc, char **argv) {
   } else {
     code = lua_toboolean(L, -1) || lua_isnil(L, -1) ? 0 : 1;
   }
-  lua_close(L);
+  close_state(L);
   return code;
 }

@@ -43,6 +43,16 @@ describe("runbook.worker", function()
     assert.has_error(function() worker.start("string", "rep", t) end)
   end)
 
+  it("a result that cannot come back raises in join and leaves the collector running", function()
+    -- string.gmatch returns an iterator function
+    local w = worker.start("string", "gmatch", "a b", "%a")
+    assert.has_error(function() w:join() end, "worker: cannot pass a function between threads")
+    assert.is_true(collectgarbage("isrunning"))
+    assert.has_error(function() w:join() end, "worker: already joined")
+    -- and a worker started after it works as before
+    assert.equals("yy", worker.start("string", "rep", "y", 2):join())
+  end)
+
   it("can be joined once; one never joined is waited for when collected", function()
     local w = worker.start("string", "rep", "x", 2)
     assert.equals("xx", w:join())
