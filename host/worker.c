@@ -48,7 +48,9 @@
 #define MAX_DEPTH 64
 
 struct worker {
-  lua_State *W; /* the worker's state; NULL once closed or handed back */
+  lua_State *W;  /* the worker's state, for the starting thread: NULL once
+                    closed or handed to the thread to close */
+  lua_State *TW; /* the same state, for the thread: set before it starts */
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -234,11 +236,7 @@ static int w_body(lua_State *W) {
 
 static void *w_thread(void *arg) {
   struct worker *w = arg;
-  /* (w->W is read under the mutex: join or the collector clears it when
-   * they hand the state over) */
-  pthread_mutex_lock(&w->mu);
-  lua_State *W = w->W;
-  pthread_mutex_unlock(&w->mu);
+  lua_State *W = w->TW;
   /* stack: require, module, fname, args... */
   lua_pushcfunction(W, host_msghandler);
   lua_insert(W, 1);
@@ -262,9 +260,9 @@ static void *w_thread(void *arg) {
 static void w_release(struct worker *w) {
   pthread_mutex_lock(&w->mu);
   w->released = 1;
-  w->W = NULL;
   pthread_cond_signal(&w->cv);
   pthread_mutex_unlock(&w->mu);
+  w->W = NULL;
 }
 
 static void w_finish(struct worker *w) {
@@ -313,6 +311,7 @@ static int w_start(lua_State *L) {
   sigfillset(&all);
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->cv, NULL);
+  w->TW = w->W;
   pthread_sigmask(SIG_BLOCK, &all, &old);
   int rc = pthread_create(&w->thread, NULL, w_thread, w);
   pthread_sigmask(SIG_SETMASK, &old, NULL);

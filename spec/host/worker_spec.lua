@@ -62,6 +62,24 @@ describe("runbook.worker", function()
     collectgarbage()
   end)
 
+  it("a worker collected before its thread has begun still runs and closes (300 in a row)", function()
+    -- in a child process, so a crash is a failed exit, not a dead spec runner
+    local dir = cli.tmpdir()
+    local script = dir .. "/drop.lua"
+    assert(fs.write_atomic(script, [[
+local worker = require("runbook.worker")
+for _ = 1, 300 do
+  worker.start("string", "rep", "x", 10) -- dropped at once
+  collectgarbage()
+end
+io.write("done\n")
+]]))
+    local r = cli.run({ "exec", script })
+    cli.rmrf(dir)
+    assert.equals(0, r.code, r.stderr)
+    assert.equals("done\n", r.stdout)
+  end)
+
   it("shares a counter: threads take items from one list and none twice", function()
     -- kv-audit's analyze_files, in two workers and here, over one tree
     local dir = cli.tmpdir()
