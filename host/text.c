@@ -454,6 +454,33 @@ static lua_Integer regex_end(const Src *S, lua_Integer q) {
   return 0;
 }
 
+/* The "/" at q: a comment or a regex literal, whose part that is not code
+ * goes in *a..*b (the whole comment; the regex without its slashes), or a
+ * division (*a = 0).  Returns the last byte it takes: a comment's "\n" or
+ * "/", the regex's closing "/", else q. */
+static lua_Integer slash_end(const Src *S, lua_Integer q, lua_Integer *a, lua_Integer *b) {
+  int c2 = at(S, q + 1);
+  *a = 0;
+  if (c2 == '/') {
+    lua_Integer e = next_byte(S, q + 1, '\n');
+    *a = q;
+    *b = e ? e - 1 : S->len;
+    return e ? e : S->len;
+  }
+  if (c2 == '*') {
+    lua_Integer e = comment_end(S, q + 2);
+    *a = q;
+    *b = e ? e : S->len;
+    return *b;
+  }
+  lua_Integer e = starts_regex(S, q) ? regex_end(S, q) : 0;
+  if (e == 0)
+    return q;
+  *a = q + 1;
+  *b = e - 1;
+  return e;
+}
+
 /* The brace depth inside each open ${...}: a stack that grows in a
  * userdata at stack index `slot` (freed by the GC if anything raises). */
 typedef struct {
@@ -507,28 +534,10 @@ static void lex_run(lua_State *L, const Src *S, lua_Integer limit, Sink *k) {
       if (open)
         push_depth(L, &d);
     } else if (c == '/') {
-      int c2 = at(S, q + 1);
-      if (c2 == '/') {
-        lua_Integer e = next_byte(S, q + 1, '\n');
-        if (e == 0)
-          e = S->len + 1;
-        stop = k->range(k, q, e - 1);
-        p = e + 1;
-      } else if (c2 == '*') {
-        lua_Integer e = comment_end(S, q + 2);
-        if (e == 0)
-          e = S->len;
-        stop = k->range(k, q, e);
-        p = e + 1;
-      } else {
-        lua_Integer e = starts_regex(S, q) ? regex_end(S, q) : 0;
-        if (e) {
-          stop = k->range(k, q + 1, e - 1);
-          p = e + 1;
-        } else {
-          p = q + 1;
-        }
-      }
+      lua_Integer a, b, e = slash_end(S, q, &a, &b);
+      if (a)
+        stop = k->range(k, a, b);
+      p = e + 1;
     } else if (c == '{') {
       d.v[d.top - 1]++;
       p = q + 1;
@@ -715,17 +724,8 @@ static int t_js_args(lua_State *L) {
       depth--;
       p = q + 1;
     } else { /* "/": a comment or a regex is skipped whole, a division is not */
-      int c2 = at(&S, q + 1);
-      if (c2 == '/') {
-        lua_Integer e = next_byte(&S, q, '\n');
-        p = (e ? e : S.len) + 1;
-      } else if (c2 == '*') {
-        lua_Integer e = comment_end(&S, q + 2);
-        p = (e ? e : S.len) + 1;
-      } else {
-        lua_Integer e = starts_regex(&S, q) ? regex_end(&S, q) : 0;
-        p = (e ? e : q) + 1;
-      }
+      lua_Integer from, to; /* (the part that is not code: not needed here) */
+      p = slash_end(&S, q, &from, &to) + 1;
     }
   }
   lua_pushnil(L); /* the arguments seen, and no close */
