@@ -67,6 +67,8 @@ function M.open(path)
     if not ok then return nil, "journal " .. path .. ": " .. err, code end
   end
   local sqlite = require("runbook.sqlite.core")
+  -- the -wal file is kept between runs (emptied at the last close: the
+  -- journal_size_limit below), so a run does not create and unlink it
   local db, err, code = sqlite.open(path, { busy_timeout = 5000, persist_wal = true })
   if not db then return nil, "journal " .. path .. ": " .. err, code end
   local self = setmetatable({ db = db, path = path, stmts = {} }, J)
