@@ -176,6 +176,28 @@ static double mono(void) {
 static const char *const read_keys[] = {"nofollow", NULL};
 
 /* read(path, {nofollow}) -> contents, or nil, msg, code. */
+/* A buffer kept in the registry for reading whole files: a tree's files are
+ * read into it and copied once into their string, instead of each getting
+ * a luaL_Buffer box of its size that is garbage right after (a scan of 1,900
+ * files made ~7 MB of it).  Files above READ_BUF_MAX take the box. */
+#define READ_BUF_MAX (1u << 20)
+static const char read_buf_key = 0;
+
+static char *read_buf(lua_State *L, size_t need) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &read_buf_key);
+  char *p = lua_touserdata(L, -1);
+  size_t have = p != NULL ? lua_rawlen(L, -1) : 0;
+  lua_pop(L, 1);
+  if (p != NULL && have >= need)
+    return p;
+  size_t cap = have > 0 ? have : 16384;
+  while (cap < need)
+    cap *= 2;
+  p = lua_newuserdatauv(L, cap, 0);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &read_buf_key);
+  return p;
+}
+
 static int f_read(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   check_opts(L, 2, "read", read_keys);
@@ -197,7 +219,31 @@ static int f_read(lua_State *L) {
   if (sized)
     chunk = (size_t)st.st_size + 1;
   luaL_Buffer buf;
-  luaL_buffinit(L, &buf);
+  if (sized && chunk <= READ_BUF_MAX) {
+    char *p = read_buf(L, chunk);
+    ssize_t n;
+    do
+      n = read(b->fd, p, chunk);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      int e = errno;
+      fd_release(b);
+      return fail(L, e, "read", path);
+    }
+    if ((size_t)n == (size_t)st.st_size) { /* the whole file, at its size */
+      fd_release(b);
+      lua_pushlstring(L, p, (size_t)n);
+      return 1;
+    }
+    /* it grew or shrank meanwhile: what was read goes first, then as below */
+    luaL_buffinit(L, &buf);
+    luaL_addlstring(&buf, p, (size_t)n);
+    total = (size_t)n;
+    if (n == 0)
+      sized = 0;
+  } else {
+    luaL_buffinit(L, &buf);
+  }
   for (;;) {
     char *p = luaL_prepbuffsize(&buf, chunk);
     ssize_t n = read(b->fd, p, chunk);

@@ -44,6 +44,35 @@ describe("fs", function()
       assert.equals("", core.read(dir .. "/empty"))
     end)
 
+    it("gives each file its own bytes, small after large, above and below the shared buffer's limit", function()
+      -- files up to 1 MiB are read through one buffer kept between reads
+      local sizes = { 3000, 2 * 1024 * 1024, 70000, 5, 1024 * 1024 - 1, 1024 * 1024 + 7, 17, 0, 40000 }
+      local want = {}
+      for i, n in ipairs(sizes) do
+        local unit = string.char(96 + i) .. "\n"
+        want[i] = unit:rep(n // 2) .. (n % 2 == 1 and "!" or "")
+        assert(core.write_atomic(("%s/f%d"):format(dir, i), want[i]))
+      end
+      for _ = 1, 2 do
+        for i = 1, #sizes do assert.equals(want[i], core.read(("%s/f%d"):format(dir, i)), "file " .. i) end
+      end
+    end)
+
+    it("reads a file that is not a regular one (size 0 in stat) to its end", function()
+      local s = assert(core.read("/proc/self/status"))
+      assert.truthy(s:find("\nPid:", 1, true))
+    end)
+
+    it("reads a file whose size in stat is not what it holds (sysfs says 4096) to its end", function()
+      local path = "/sys/devices/system/cpu/online"
+      local f = io.open(path, "rb")
+      if not f then return pending("no " .. path .. " here") end
+      local want = f:read("a")
+      f:close()
+      assert.is_true(#want < 4096)
+      assert.equals(want, core.read(path))
+    end)
+
     it("returns nil, msg, ENOENT / EISDIR", function()
       local d, err, code = core.read(dir .. "/missing")
       assert.is_nil(d)
