@@ -953,11 +953,34 @@ local function decide_binding(site, kinds, memo)
   end
   local v = memo[name]
   if not v then
-    v = { binding_verdict(name, kinds) }
+    local ok, why = binding_verdict(name, kinds)
+    v = { ok, why, {} } -- [3]: each how with the verdict appended, made once
     memo[name] = v
   end
-  if v[1] then site.how = site.how .. " (" .. v[2] .. ")" end
+  if v[1] then
+    local how = site.how
+    local said = v[3][how]
+    if not said then
+      said = how .. " (" .. v[2] .. ")"
+      v[3][how] = said
+    end
+    site.how = said
+  end
   return v[1], v[2]
+end
+
+-- Identities for the baseline: file, op, binding, key expression and the
+-- occurrence among identical ones — not the line, which moves with edits.
+-- The file is part of it, so a file's sites are numbered on their own (in
+-- the thread that analysed it).
+local function file_ids(sites)
+  local seen = {}
+  for _, s in ipairs(sites) do
+    local base = s.file .. "|" .. s.op .. "|" .. s.binding .. "|" .. s.key_expr
+    local k = (seen[base] or 0) + 1
+    seen[base] = k
+    s.id = base .. "#" .. k
+  end
 end
 
 ---Analyse files of rels (relative to root): what each thread of a scan
@@ -995,6 +1018,7 @@ function M.analyze_files(root, rels, o, claim, progress)
     else
       bytes = bytes + #text
       local s, x, facts = M.analyze(text, rel, A)
+      if s[1] then file_ids(s) end
       if s[1] or x[1] or next(facts) then files[i] = { s, x, next(facts) and facts or false } end
     end
     mine = mine + 1
@@ -1148,25 +1172,29 @@ function M.scan(root, opts)
     end
   end
   for name, file in pairs(do_names) do declare(name, "do", "used with idFromName/newUniqueId in " .. file) end
-  local kept, verdicts = {}, {}
+  local kept, verdicts, dropped = {}, {}, nil
   for _, s in ipairs(sites) do
     local ok, why = decide_binding(s, kinds, verdicts)
     if ok then
       kept[#kept + 1] = s
     else
       excluded[#excluded + 1] = { file = s.file, line = s.line, op = s.op, receiver = s.receiver, reason = why, group = why }
+      dropped = dropped or {}
+      dropped[s.file] = true
     end
   end
   sites = kept
-
-  -- identities for the baseline: file, op, binding, key expression and the
-  -- occurrence among identical ones — not the line, which moves with edits
-  local seen = {}
-  for _, s in ipairs(sites) do
-    local base = s.file .. "|" .. s.op .. "|" .. s.binding .. "|" .. s.key_expr
-    local k = (seen[base] or 0) + 1
-    seen[base] = k
-    s.id = base .. "#" .. k
+  -- a file that lost a site here is numbered again without it
+  if dropped then
+    local again = {}
+    for _, s in ipairs(sites) do
+      if dropped[s.file] then
+        local list = again[s.file] or {}
+        again[s.file] = list
+        list[#list + 1] = s
+      end
+    end
+    for _, list in pairs(again) do file_ids(list) end
   end
   local by_kind = {}
   for name, k in pairs(kinds) do by_kind[name] = { kind = k.kind, source = k.source } end

@@ -451,6 +451,23 @@ describe("kvaudit baseline", function()
     assert.is_true(cmp.ok, cmp.rules[1].message)
   end)
 
+  it("numbers identical sites of a file 1, 2, … skipping one the binding check leaves out", function()
+    -- env.kvBucket is named like an R2 bucket: left out after analysis,
+    -- while the parameter kvBucket (named like KV) stays; same file, op,
+    -- binding and key for all three
+    write(root .. "/src/same.js", table.concat({
+      "export async function f(env, kvBucket) {",
+      '  await kvBucket.put("k", "v");',
+      '  await env.kvBucket.put("k", "v");',
+      '  await kvBucket.put("k", "v");',
+      "}", "" }, "\n"))
+    local ids = {}
+    for _, s in ipairs(scan(root).sites) do
+      if s.file == "src/same.js" then ids[#ids + 1] = s.line .. " " .. s.id end
+    end
+    assert.same({ '2 src/same.js|put|kvBucket|"k"#1', '4 src/same.js|put|kvBucket|"k"#2' }, ids)
+  end)
+
   it("fails on a new put without a TTL, naming it, whatever the allowances", function()
     write(root .. "/src/more.js", "export async function m(env) {\n  await env.CACHE.put(\"new-key\", \"v\");\n}\n")
     local cmp = kvaudit.compare(base, scan(root), { total = 100, puts = 100 })
