@@ -182,8 +182,9 @@ if os.getenv("BENCH_DOC") ~= "0" then
 
 Written by `make bench` on %s. Machine: %s.
 Ratios are runbook time / reference time from the same run (lower is
-better); targets come from the issues. Each figure is a mean (hyperfine) or
-a best-of run; a loaded machine shifts them, so compare within one table.
+better); targets come from the issues. Each figure is a mean (hyperfine), a
+median of interleaved rounds (the kv-audit rows) or a best-of run; a loaded
+machine shifts them, so compare within one table.
 
 %s
 What each row measures: `bench/run.lua` (start-up, HTTP), `bench/journal.lua`,
