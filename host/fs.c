@@ -175,11 +175,11 @@ static double mono(void) {
 
 static const char *const read_keys[] = {"nofollow", NULL};
 
-/* read(path, {nofollow}) -> contents, or nil, msg, code. */
 /* A buffer kept in the registry for reading whole files: a tree's files are
  * read into it and copied once into their string, instead of each getting
- * a luaL_Buffer box of its size that is garbage right after (a scan of 1,900
- * files made ~7 MB of it).  Files above READ_BUF_MAX take the box. */
+ * a luaL_Buffer box of its size, allocated and freed per file (reading the
+ * 1,900 files of bench/kvaudit.lua's tree: 4.6 -> 3.9 ms).  Files above
+ * READ_BUF_MAX take the box. */
 #define READ_BUF_MAX (1u << 20)
 static const char read_buf_key = 0;
 
@@ -198,6 +198,7 @@ static char *read_buf(lua_State *L, size_t need) {
   return p;
 }
 
+/* read(path, {nofollow}) -> contents, or nil, msg, code. */
 static int f_read(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   check_opts(L, 2, "read", read_keys);
