@@ -314,10 +314,7 @@ function T.verify(self, ev)
     local msg = ev.message and ev.message ~= "" and (": " .. str(ev.message)) or ""
     self:_line(ind .. self:_paint("red", s.fail) .. name .. msg)
   else
-    local why = ev.message and ev.message ~= "" and str(ev.message)
-    local msg = why and (" (not run: " .. why .. ")") or " (not run)"
-    -- a step with no_verify: its reason is the name already ("not verified: why")
-    if why and name:sub(-#why - 2) == ": " .. why then msg = "" end
+    local msg = ev.message and ev.message ~= "" and (" (not run: " .. str(ev.message) .. ")") or " (not run)"
     self:_line(ind .. self:_paint("yellow", s.skip) .. name .. self:_paint("dim", msg))
   end
 end

@@ -259,6 +259,18 @@ describe("engine", function()
     assert.matches("steps3%s+Three steps", r.stdout)
   end)
 
+  it("prints a step's no_verify reason once, as the check that was not run", function()
+    local f = assert(io.open(dir .. "/noverify.lua", "w"))
+    f:write('local rb = require("runbook")\nreturn rb.runbook { name = "noverify", summary = "s",\n'
+      .. '  steps = { rb.step "Count" { run = function() end, no_verify = "counts in memory only" } } }\n')
+    f:close()
+    local r = cli.run({ "run", dir .. "/noverify.lua", "--journal", journal_of(dir) })
+    assert.equals(0, r.code, r.stdout .. r.stderr)
+    assert.matches("\n      skip not verified %(not run: counts in memory only%)\n", r.stdout)
+    local _, n = r.stdout:gsub("counts in memory only", "")
+    assert.equals(1, n, r.stdout)
+  end)
+
   it("runbook show never prints a secret parameter's default (nor caches it)", function()
     local f = assert(io.open(dir .. "/withsecret.lua", "w"))
     f:write('local rb = require("runbook")\nreturn rb.runbook { name = "withsecret", summary = "s",\n'

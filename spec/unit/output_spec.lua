@@ -158,18 +158,6 @@ describe("output (terminal)", function()
     assert.truthy(text:find("\nwarning: took over the lock of run 1\n", 1, true))
   end)
 
-  it("says a step's no_verify reason once", function()
-    -- as the engine reports a step declared with no_verify = "why"
-    local why = "classification happens in memory; nothing outside changes"
-    local text = render({
-      { event = "step_start", t = 1.0, index = 1, total = 1, title = "Classify" },
-      { event = "verify", t = 1.0, index = 1, name = "not verified: " .. why, status = "skipped", message = why },
-      { event = "step_end", t = 1.0, index = 1, title = "Classify", status = "ok", duration = 0 },
-    }, { tty = false })
-    assert.truthy(text:find("\n      skip not verified: " .. why .. "\n", 1, true), text)
-    assert.equals(1, count(text, why))
-  end)
-
   it("on failure shows the failed check, the error, the hint and how to resume", function()
     local text = render(failed_run(), { tty = true, unicode = true, color = false, width = 80 })
     assert.truthy(text:find("      ✗ old key is refused: got 200, want 401\n", 1, true))
