@@ -70,13 +70,13 @@ end
 -- and the third (a put's options) without their blanks, and how many there
 -- are. When the call does not close where it can be seen (broken code),
 -- the arguments a comma ended still count, and there is at least one.
----@return string|nil a1, string|nil a3, integer nargs
+---@return string|nil a1, string|nil a3, integer nargs, integer|nil close  the ")" when the call closes
 local function key_args(text, open)
   local r, close = js_args(text, open)
   local a1 = r[1] and r[1] <= r[2] and sub(text, r[1], r[2]) or nil
   local a3 = r[5] and r[5] <= r[6] and sub(text, r[5], r[6]) or nil
   local n = #r // 2
-  return a1, a3, (close or n > 0) and n or 1
+  return a1, a3, (close or n > 0) and n or 1, close
 end
 
 -- ------------------------------------------------------------------ words
@@ -851,9 +851,9 @@ function M.analyze(text, path, A)
     else
       reason = r.reason
       if r.unknown and op == "put" and find(words(R), "_cache_", 1, true) then
-        local r2, close = js_args(text, parens[i])
-        local a1 = r2[1] and r2[1] <= r2[2] and sub(text, r2[1], r2[2]) or ""
-        if close and #r2 == 4 and (find(a1, "^[%w_$%.]*[rR]eq") or find(a1, "^new%s+Request")) then
+        local a1, _, nargs, close = key_args(text, parens[i])
+        a1 = a1 or ""
+        if close and nargs == 2 and (find(a1, "^[%w_$%.]*[rR]eq") or find(a1, "^new%s+Request")) then
           reason = "Cache API: cache.put(request, response), not KV"
         end
       end
